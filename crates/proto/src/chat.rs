@@ -1,0 +1,1 @@
+//! Chat line codec (work in progress).

@@ -1,0 +1,14 @@
+//! Sans-IO wire protocol shared by the chat and upload tools.
+//!
+//! This crate knows bytes, never sockets, files or clocks: codecs turn byte
+//! buffers into typed messages and back, and the servers and clients own the
+//! I/O. The normative description of both protocols is `docs/PROTOCOL.md`.
+//!
+//! # Layout
+//! - [`chat`]: the newline-delimited chat line codec and its limits.
+//! - [`upload`]: the versioned binary upload header, control messages and
+//!   legacy-form detection.
+#![deny(missing_docs)]
+
+pub mod chat;
+pub mod upload;

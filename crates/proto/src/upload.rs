@@ -1,0 +1,1 @@
+//! Upload codec (work in progress).

@@ -1,0 +1,1 @@
+//! up-cli library (work in progress).

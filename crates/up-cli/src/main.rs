@@ -1,0 +1,3 @@
+//! `up-cli` binary: parses arguments and calls [`up_cli`].
+
+fn main() {}

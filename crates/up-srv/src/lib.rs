@@ -1,0 +1,1 @@
+//! up-srv library (work in progress).

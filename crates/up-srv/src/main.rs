@@ -1,0 +1,3 @@
+//! `up-srv` binary: parses arguments and calls [`up_srv`].
+
+fn main() {}
