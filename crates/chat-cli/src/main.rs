@@ -1,3 +1,61 @@
-//! `chat-cli` binary: parses arguments and calls [`chat_cli`].
+//! `chat-cli` binary: parses arguments and calls [`chat_cli::run`].
+//!
+//! Exit codes: 0 success (also when stdout is a closed pipe), 1 failure
+//! (cannot connect, refused, server went away, message refused), 2 usage
+//! error (from clap).
 
-fn main() {}
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Terminal client for chat-srv: interactive on a terminal, a script runner
+/// when stdin is a pipe or file.
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    after_help = "Examples:\n  \
+    chat-cli                              chat interactively (type q to leave)\n  \
+    chat-cli -m hello                     send one message, print the reply\n  \
+    printf 'hi\\n/who\\nq\\n' | chat-cli     run a script: each line waits for its answer\n  \
+    chat-cli --host ::1 -p 9000           another server\n\n\
+    Exit codes: 0 success, 1 failure (cannot connect, server went away, message refused), 2 usage error."
+)]
+struct Args {
+    /// Server host name or address.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Server port.
+    #[arg(short, long, default_value_t = chat_cli::DEFAULT_PORT)]
+    port: u16,
+    /// Send this one message (or command), print its answer and exit.
+    #[arg(short, long, value_name = "TEXT")]
+    message: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let opts = chat_cli::Options {
+        host: args.host,
+        port: args.port,
+        message: args.message,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(chat_cli::run(opts));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

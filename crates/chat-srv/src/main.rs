@@ -1,3 +1,122 @@
-//! `chat-srv` binary: parses arguments and calls [`chat_srv`].
+//! `chat-srv` binary: parses arguments, binds, maps SIGINT/SIGTERM to the
+//! shutdown future and calls [`chat_srv::run`].
+//!
+//! Exit codes: 0 after a clean shutdown, 1 on a runtime error (such as an
+//! address that cannot be bound), 2 on a usage error (from clap).
 
-fn main() {}
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::builder::TypedValueParser as _;
+use clap::Parser;
+
+/// Multi-room TCP chat server (newline-delimited UTF-8; works with nc, telnet
+/// and the classic tutorial client).
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    after_help = "Examples:\n  \
+    chat-srv                          listen on 127.0.0.1:8888\n  \
+    chat-srv -b ::1 -p 9000           listen on IPv6 loopback, port 9000\n  \
+    chat-srv -b 0.0.0.0 --rate 0      all interfaces, no rate limit\n  \
+    RUST_LOG=debug chat-srv           verbose logs\n\n\
+    Then connect with `chat-cli`, `nc 127.0.0.1 8888` or `telnet 127.0.0.1 8888`.\n\
+    Exit codes: 0 clean shutdown (SIGINT/SIGTERM), 1 runtime error, 2 usage error."
+)]
+struct Args {
+    /// Address to listen on (IPv4 or IPv6).
+    #[arg(short, long, default_value = "127.0.0.1")]
+    bind: IpAddr,
+    /// Port to listen on.
+    #[arg(short, long, default_value_t = chat_srv::DEFAULT_PORT)]
+    port: u16,
+    /// Longest accepted line in bytes; longer lines get an error line and are discarded.
+    #[arg(long, value_name = "BYTES", default_value_t = proto::chat::MAX_LINE_LEN,
+          value_parser = clap::value_parser!(u32).range(1..).map(|v| v as usize))]
+    max_line: usize,
+    /// Most simultaneous clients; others get a refusal line.
+    #[arg(long, value_name = "N", default_value_t = chat_srv::DEFAULT_MAX_CLIENTS,
+          value_parser = clap::value_parser!(u32).range(1..).map(|v| v as usize))]
+    max_clients: usize,
+    /// Outgoing lines queued per client before it is disconnected as too slow.
+    #[arg(long, value_name = "N", default_value_t = chat_srv::DEFAULT_QUEUE,
+          value_parser = clap::value_parser!(u32).range(1..).map(|v| v as usize))]
+    queue: usize,
+    /// Lines per second each client may send (also the burst size); 0 turns the limit off.
+    #[arg(long, value_name = "MSGS_PER_SEC", default_value_t = chat_srv::DEFAULT_RATE)]
+    rate: u32,
+    /// Close connections silent for this many seconds; 0 turns it off.
+    #[arg(long, value_name = "SECS", default_value_t = chat_srv::DEFAULT_IDLE_TIMEOUT.as_secs())]
+    idle_timeout: u64,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match serve(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[tokio::main]
+async fn serve(args: Args) -> anyhow::Result<()> {
+    raise_fd_limit(args.max_clients);
+    let addr = SocketAddr::new(args.bind, args.port);
+    let listener = chat_srv::bind(addr).await?;
+    let config = chat_srv::Config {
+        max_line: args.max_line,
+        max_clients: args.max_clients,
+        queue: args.queue,
+        rate: args.rate,
+        idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
+    };
+    let signals = shutdown_signal().context("installing the SIGINT/SIGTERM handlers")?;
+    chat_srv::run(listener, config, signals).await?;
+    Ok(())
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
+}
+
+/// Each client is one file descriptor: raise the soft limit toward the hard
+/// one so `--max-clients` is reachable, and warn when it is not.
+fn raise_fd_limit(max_clients: usize) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft < hard {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+    let now = getrlimit(Resource::RLIMIT_NOFILE).map_or(soft, |(s, _)| s);
+    // A few descriptors go to the listener, stdio and the runtime.
+    if now < max_clients as u64 + 16 {
+        tracing::warn!(
+            "open-file limit is {now}, below --max-clients {max_clients}: accepts will fail \
+             beyond it (raise it with `ulimit -n`)"
+        );
+    }
+}
