@@ -153,7 +153,10 @@ pub(crate) async fn serve(
     let _ = stream.set_nodelay(true);
     info!(%peer, "connected");
     let (tx, rx) = mpsc::channel(shared.config.queue.max(1));
-    let kick = CancellationToken::new();
+    // The kick token is a child of the server's shutdown token, so one wait
+    // covers both and each session waits on its own token rather than all
+    // sessions contending on the shared one.
+    let kick = shared.shutdown.child_token();
     let (me, room) = {
         let (me, room, members) = shared.registry.enter(tx, kick.clone());
         debug!(%peer, nick = %me.nick, "entered lobby");
@@ -187,6 +190,17 @@ async fn run_loop(
     session: &mut Session,
 ) -> End {
     let shutdown = session.shared.shutdown.clone();
+    // Registered once for the whole session: re-creating the wait on every
+    // loop turn costs a lock and an unlink each time.
+    let stop = kick.cancelled();
+    tokio::pin!(stop);
+    let stop_reason = || {
+        if shutdown.is_cancelled() {
+            End::Shutdown
+        } else {
+            End::Slow
+        }
+    };
     let idle_timeout = session.shared.config.idle_timeout;
     let mut codec = ChatCodec::new(session.shared.config.max_line);
     let mut rbuf = BytesMut::new();
@@ -211,8 +225,7 @@ async fn run_loop(
         if !out.is_empty() {
             let written = tokio::select! {
                 biased;
-                () = shutdown.cancelled() => return goodbye(stream, None, End::Shutdown).await,
-                () = kick.cancelled() => return goodbye(stream, None, End::Slow).await,
+                () = &mut stop => return goodbye(stream, None, stop_reason()).await,
                 res = stream.write_all(&out) => res,
             };
             if written.is_err() {
@@ -226,8 +239,7 @@ async fn run_loop(
 
         tokio::select! {
             biased;
-            () = shutdown.cancelled() => break End::Shutdown,
-            () = kick.cancelled() => break End::Slow,
+            () = &mut stop => break stop_reason(),
             ready = stream.readable() => {
                 if ready.is_err() {
                     break End::Io;

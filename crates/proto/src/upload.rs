@@ -1,1 +1,703 @@
-//! Upload codec (work in progress).
+//! Upload wire protocol: connection-form detection, the legacy size header
+//! and the versioned binary control messages.
+//!
+//! This module is sans-IO: it turns bytes into [`ClientMessage`] /
+//! [`ServerMessage`] values and back, and never touches sockets, files or
+//! clocks. `up-srv` and `up-cli` own the I/O, the file body and the timers
+//! (the legacy header is completed by a sender pause, which the server
+//! session measures and passes in as `paused`). The normative description is
+//! the "Upload" section of `docs/PROTOCOL.md`.
+//!
+//! # Format
+//!
+//! ```text
+//! legacy:   <ASCII digits>[\r][\n]          server: "1001"   then <size> raw bytes
+//! binary:   89 55 50 4C ("\x89UPL")          then frames and raw bodies
+//! frame:    len:u32 BE | type:u8 | payload   (len counts type + payload, <= MAX_MESSAGE_LEN)
+//! per file: Offer -> Accept|Refuse ; Start ; <size - offset raw bytes> ; Finish -> Stored|Refuse
+//! ```
+//!
+//! A frame's declared length is checked against [`MAX_MESSAGE_LEN`] before
+//! any buffer is reserved, and a frame is only parsed once it is completely
+//! buffered, so split and glued frames decode the same. Bytes left in the
+//! buffer after [`ClientMessage::Start`] belong to the body: the caller
+//! drains them from the same buffer before reading the socket again.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio_util::codec::{Decoder, Encoder};
+
+/// First bytes of a binary-protocol connection. The first byte has its high
+/// bit set, so it can be neither an ASCII digit (legacy form) nor text.
+pub const MAGIC: [u8; 4] = [0x89, b'U', b'P', b'L'];
+
+/// Protocol version spoken by this crate.
+pub const VERSION: u16 = 1;
+
+/// Hard cap on a control frame (type byte + payload), checked before allocating.
+pub const MAX_MESSAGE_LEN: usize = 8 * 1024;
+
+/// Hard cap on a file name in bytes (all components and separators).
+pub const MAX_NAME_LEN: usize = 4096;
+
+/// Hard cap on the shared token in bytes.
+pub const MAX_TOKEN_LEN: usize = 1024;
+
+/// Hard cap on a refusal reason in bytes; longer reasons are truncated when encoded.
+pub const MAX_REASON_LEN: usize = 1024;
+
+/// Length of a SHA-256 digest.
+pub const DIGEST_LEN: usize = 32;
+
+/// A SHA-256 digest as carried on the wire.
+pub type Digest = [u8; DIGEST_LEN];
+
+/// The reply the server sends to a legacy client once its size is read.
+pub const LEGACY_REPLY: &[u8] = b"1001";
+
+/// The legacy form has no name on the wire; files are stored under this one.
+pub const LEGACY_NAME: &str = "new.jpg";
+
+/// Most digits a legacy size may have (`u64::MAX` has 20).
+pub const MAX_LEGACY_DIGITS: usize = 20;
+
+/// Length of the frame length prefix.
+const LEN_PREFIX: usize = 4;
+
+/// Errors of the upload codec. Any of them means the stream is unusable and
+/// the connection should be closed after an optional refusal.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    /// A frame declared a length above [`MAX_MESSAGE_LEN`].
+    #[error("control message of {len} bytes exceeds the limit of {max} bytes")]
+    MessageTooLong {
+        /// Declared length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A frame declared a length of zero (no type byte).
+    #[error("empty control message")]
+    EmptyMessage,
+    /// The type byte is not one this side expects.
+    #[error("unknown message type 0x{0:02x}")]
+    UnknownType(u8),
+    /// The payload does not match the layout of its type.
+    #[error("malformed {message} message: {reason}")]
+    Malformed {
+        /// Message name.
+        message: &'static str,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A text field is not UTF-8.
+    #[error("{field} is not valid UTF-8")]
+    InvalidUtf8 {
+        /// Field name.
+        field: &'static str,
+    },
+    /// A field is too long to encode.
+    #[error("{field} of {len} bytes exceeds the limit of {max} bytes")]
+    FieldTooLong {
+        /// Field name.
+        field: &'static str,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The legacy size has more than [`MAX_LEGACY_DIGITS`] digits or overflows u64.
+    #[error("legacy size is too large")]
+    LegacySizeTooLarge,
+    /// The legacy size is followed by something other than CR/LF.
+    #[error(
+        "unexpected byte 0x{0:02x} after the legacy size (expected digits, then optional CR LF)"
+    )]
+    LegacyUnexpectedByte(u8),
+    /// The legacy header holds no digit.
+    #[error("legacy header holds no size")]
+    LegacyEmpty,
+    /// The underlying transport failed (needed by the codec traits).
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// How a connection starts, decided from its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// Not enough bytes yet to decide.
+    NeedMore,
+    /// The original protocol: the size as decimal ASCII text.
+    Legacy,
+    /// The binary protocol: [`MAGIC`] matched; the caller skips `MAGIC.len()` bytes.
+    Binary,
+    /// Neither; the connection should be closed.
+    Unknown,
+}
+
+/// Decides the connection form from the first buffered bytes.
+pub fn detect(buf: &[u8]) -> Form {
+    match buf.first() {
+        None => Form::NeedMore,
+        Some(b) if b.is_ascii_digit() => Form::Legacy,
+        Some(_) => {
+            let n = buf.len().min(MAGIC.len());
+            if buf[..n] != MAGIC[..n] {
+                Form::Unknown
+            } else if n < MAGIC.len() {
+                Form::NeedMore
+            } else {
+                Form::Binary
+            }
+        }
+    }
+}
+
+/// Parses the legacy size header at the start of `buf`.
+///
+/// Returns `Ok(Some((size, consumed)))` when the header is complete: digits
+/// ended by a non-digit (an optional CR and an optional LF are consumed),
+/// or, when `paused` is true (the session saw the sender go quiet), at the
+/// end of the buffered digits. `Ok(None)` means more bytes are needed.
+pub fn parse_legacy_size(buf: &[u8], paused: bool) -> Result<Option<(u64, usize)>, UploadError> {
+    let digits = buf.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits > MAX_LEGACY_DIGITS {
+        return Err(UploadError::LegacySizeTooLarge);
+    }
+    let rest = &buf[digits..];
+    let consumed = match rest {
+        [] if paused => digits,
+        [] => return Ok(None),
+        [b'\r'] if paused => digits + 1,
+        [b'\r'] => return Ok(None),
+        [b'\r', b'\n', ..] => digits + 2,
+        [b'\n', ..] => digits + 1,
+        [other, ..] => return Err(UploadError::LegacyUnexpectedByte(*other)),
+    };
+    if digits == 0 {
+        return Err(UploadError::LegacyEmpty);
+    }
+    let mut size: u64 = 0;
+    for d in &buf[..digits] {
+        size = size
+            .checked_mul(10)
+            .and_then(|s| s.checked_add(u64::from(d - b'0')))
+            .ok_or(UploadError::LegacySizeTooLarge)?;
+    }
+    Ok(Some((size, consumed)))
+}
+
+/// Why the server refused something. Carried as a u16 on the wire; unknown
+/// values decode to [`RefusalCode::Other`] so newer servers stay readable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalCode {
+    /// 1: the stream is malformed; the server closes the connection.
+    BadMessage,
+    /// 2: the client's protocol version is not supported.
+    UnsupportedVersion,
+    /// 3: missing or wrong token.
+    Unauthorized,
+    /// 10: the name is not a safe relative name.
+    BadName,
+    /// 11: the declared size exceeds the server's `--max-size`.
+    TooLarge,
+    /// 12: not enough free disk space for the declared size.
+    NoSpace,
+    /// 13: the same (name, size) is being uploaded by another connection.
+    Busy,
+    /// 14: the server runs its maximum number of concurrent uploads.
+    TooManyUploads,
+    /// 20: the received data does not match the client's SHA-256; nothing was kept.
+    DigestMismatch,
+    /// 21: the client confirmed an offset other than 0 or the offered one.
+    BadOffset,
+    /// 30: the server failed to store the data.
+    StorageError,
+    /// 31: the server is shutting down; the partial data is kept for a resume.
+    ShuttingDown,
+    /// 32: the connection was idle for too long.
+    IdleTimeout,
+    /// Any other code.
+    Other(u16),
+}
+
+impl RefusalCode {
+    /// The code's wire value.
+    pub fn to_u16(self) -> u16 {
+        match self {
+            Self::BadMessage => 1,
+            Self::UnsupportedVersion => 2,
+            Self::Unauthorized => 3,
+            Self::BadName => 10,
+            Self::TooLarge => 11,
+            Self::NoSpace => 12,
+            Self::Busy => 13,
+            Self::TooManyUploads => 14,
+            Self::DigestMismatch => 20,
+            Self::BadOffset => 21,
+            Self::StorageError => 30,
+            Self::ShuttingDown => 31,
+            Self::IdleTimeout => 32,
+            Self::Other(c) => c,
+        }
+    }
+
+    /// The code for a wire value.
+    pub fn from_u16(v: u16) -> Self {
+        match v {
+            1 => Self::BadMessage,
+            2 => Self::UnsupportedVersion,
+            3 => Self::Unauthorized,
+            10 => Self::BadName,
+            11 => Self::TooLarge,
+            12 => Self::NoSpace,
+            13 => Self::Busy,
+            14 => Self::TooManyUploads,
+            20 => Self::DigestMismatch,
+            21 => Self::BadOffset,
+            30 => Self::StorageError,
+            31 => Self::ShuttingDown,
+            32 => Self::IdleTimeout,
+            c => Self::Other(c),
+        }
+    }
+
+    /// A short lower-case label for logs and client messages.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::BadMessage => "bad message",
+            Self::UnsupportedVersion => "unsupported version",
+            Self::Unauthorized => "unauthorized",
+            Self::BadName => "bad name",
+            Self::TooLarge => "too large",
+            Self::NoSpace => "no space",
+            Self::Busy => "busy",
+            Self::TooManyUploads => "too many uploads",
+            Self::DigestMismatch => "digest mismatch",
+            Self::BadOffset => "bad offset",
+            Self::StorageError => "storage error",
+            Self::ShuttingDown => "shutting down",
+            Self::IdleTimeout => "idle timeout",
+            Self::Other(_) => "refused",
+        }
+    }
+}
+
+/// Messages from the client to the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientMessage {
+    /// First message after [`MAGIC`]: protocol version and token (empty = none).
+    Hello {
+        /// Client protocol version.
+        version: u16,
+        /// Shared token; empty when the client has none.
+        token: String,
+    },
+    /// Proposes one file: its relative name and its total size.
+    Offer {
+        /// Relative name, `/`-separated, UTF-8.
+        name: String,
+        /// Total size of the file in bytes.
+        size: u64,
+    },
+    /// Confirms the offset the body starts at (the accepted one, or 0 to
+    /// restart); exactly `size - offset` raw bytes follow.
+    Start {
+        /// Offset of the first body byte.
+        offset: u64,
+    },
+    /// Follows the body: the SHA-256 of the whole file.
+    Finish {
+        /// Digest of the whole file, prefix included.
+        sha256: Digest,
+    },
+}
+
+/// Messages from the server to the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerMessage {
+    /// Answer to a valid hello.
+    Welcome {
+        /// Server protocol version.
+        version: u16,
+    },
+    /// Answer to an offer: where to resume and the digest of the stored prefix.
+    Accept {
+        /// Bytes already held for this (name, size); 0 for a new upload.
+        offset: u64,
+        /// SHA-256 of those `offset` bytes (the empty-input digest for 0).
+        prefix_sha256: Digest,
+    },
+    /// The file is verified and stored.
+    Stored {
+        /// Name relative to the upload dir (may carry a ` (n)` suffix).
+        name: String,
+        /// SHA-256 of the stored file.
+        sha256: Digest,
+    },
+    /// A refusal with a code and a human reason.
+    Refuse {
+        /// Machine-readable code.
+        code: RefusalCode,
+        /// Human-readable reason, one line.
+        reason: String,
+    },
+}
+
+const T_HELLO: u8 = 0x01;
+const T_OFFER: u8 = 0x02;
+const T_START: u8 = 0x03;
+const T_FINISH: u8 = 0x04;
+const T_WELCOME: u8 = 0x81;
+const T_ACCEPT: u8 = 0x82;
+const T_STORED: u8 = 0x83;
+const T_REFUSE: u8 = 0x84;
+
+/// Splits one complete frame off `src`, checking its length before reserving.
+fn decode_frame(src: &mut BytesMut) -> Result<Option<(u8, Bytes)>, UploadError> {
+    let Some(prefix) = src.get(..LEN_PREFIX) else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+    if len == 0 {
+        return Err(UploadError::EmptyMessage);
+    }
+    if len > MAX_MESSAGE_LEN {
+        return Err(UploadError::MessageTooLong {
+            len,
+            max: MAX_MESSAGE_LEN,
+        });
+    }
+    if src.len() < LEN_PREFIX + len {
+        src.reserve(LEN_PREFIX + len - src.len());
+        return Ok(None);
+    }
+    src.advance(LEN_PREFIX);
+    let mut frame = src.split_to(len).freeze();
+    let ty = frame.get_u8();
+    Ok(Some((ty, frame)))
+}
+
+/// Reads fields from a payload, failing with the message name on a short read.
+struct Fields {
+    message: &'static str,
+    buf: Bytes,
+}
+
+impl Fields {
+    fn short(&self) -> UploadError {
+        UploadError::Malformed {
+            message: self.message,
+            reason: "payload too short",
+        }
+    }
+    fn u16(&mut self) -> Result<u16, UploadError> {
+        if self.buf.remaining() < 2 {
+            return Err(self.short());
+        }
+        Ok(self.buf.get_u16())
+    }
+    fn u64(&mut self) -> Result<u64, UploadError> {
+        if self.buf.remaining() < 8 {
+            return Err(self.short());
+        }
+        Ok(self.buf.get_u64())
+    }
+    fn digest(&mut self) -> Result<Digest, UploadError> {
+        if self.buf.remaining() < DIGEST_LEN {
+            return Err(self.short());
+        }
+        let mut d = [0u8; DIGEST_LEN];
+        self.buf.copy_to_slice(&mut d);
+        Ok(d)
+    }
+    fn string(&mut self, field: &'static str) -> Result<String, UploadError> {
+        let len = usize::from(self.u16()?);
+        if self.buf.remaining() < len {
+            return Err(self.short());
+        }
+        let raw = self.buf.split_to(len);
+        String::from_utf8(raw.to_vec()).map_err(|_| UploadError::InvalidUtf8 { field })
+    }
+    fn end(self) -> Result<(), UploadError> {
+        if self.buf.has_remaining() {
+            return Err(UploadError::Malformed {
+                message: self.message,
+                reason: "trailing bytes after the payload",
+            });
+        }
+        Ok(())
+    }
+}
+
+fn put_string(
+    dst: &mut BytesMut,
+    field: &'static str,
+    s: &str,
+    max: usize,
+) -> Result<(), UploadError> {
+    if s.len() > max {
+        return Err(UploadError::FieldTooLong {
+            field,
+            len: s.len(),
+            max,
+        });
+    }
+    // `max` is below u16::MAX for every field, so the cast cannot truncate.
+    dst.put_u16(s.len() as u16);
+    dst.put_slice(s.as_bytes());
+    Ok(())
+}
+
+/// Writes a frame whose payload is produced by `body`, patching the length in.
+fn encode_frame(
+    dst: &mut BytesMut,
+    ty: u8,
+    body: impl FnOnce(&mut BytesMut) -> Result<(), UploadError>,
+) -> Result<(), UploadError> {
+    let start = dst.len();
+    dst.put_u32(0);
+    dst.put_u8(ty);
+    if let Err(e) = body(dst) {
+        dst.truncate(start);
+        return Err(e);
+    }
+    let len = dst.len() - start - LEN_PREFIX;
+    if len > MAX_MESSAGE_LEN {
+        dst.truncate(start);
+        return Err(UploadError::MessageTooLong {
+            len,
+            max: MAX_MESSAGE_LEN,
+        });
+    }
+    dst[start..start + LEN_PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(())
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+impl ClientMessage {
+    fn from_frame(ty: u8, payload: Bytes) -> Result<Self, UploadError> {
+        let msg = match ty {
+            T_HELLO => {
+                let mut f = Fields {
+                    message: "hello",
+                    buf: payload,
+                };
+                let version = f.u16()?;
+                let token = f.string("token")?;
+                f.end()?;
+                ClientMessage::Hello { version, token }
+            }
+            T_OFFER => {
+                let mut f = Fields {
+                    message: "offer",
+                    buf: payload,
+                };
+                let size = f.u64()?;
+                let name = f.string("name")?;
+                f.end()?;
+                ClientMessage::Offer { name, size }
+            }
+            T_START => {
+                let mut f = Fields {
+                    message: "start",
+                    buf: payload,
+                };
+                let offset = f.u64()?;
+                f.end()?;
+                ClientMessage::Start { offset }
+            }
+            T_FINISH => {
+                let mut f = Fields {
+                    message: "finish",
+                    buf: payload,
+                };
+                let sha256 = f.digest()?;
+                f.end()?;
+                ClientMessage::Finish { sha256 }
+            }
+            other => return Err(UploadError::UnknownType(other)),
+        };
+        Ok(msg)
+    }
+
+    /// Appends this message as one frame to `dst`.
+    pub fn encode_into(&self, dst: &mut BytesMut) -> Result<(), UploadError> {
+        match self {
+            ClientMessage::Hello { version, token } => encode_frame(dst, T_HELLO, |d| {
+                d.put_u16(*version);
+                put_string(d, "token", token, MAX_TOKEN_LEN)
+            }),
+            ClientMessage::Offer { name, size } => encode_frame(dst, T_OFFER, |d| {
+                d.put_u64(*size);
+                put_string(d, "name", name, MAX_NAME_LEN)
+            }),
+            ClientMessage::Start { offset } => encode_frame(dst, T_START, |d| {
+                d.put_u64(*offset);
+                Ok(())
+            }),
+            ClientMessage::Finish { sha256 } => encode_frame(dst, T_FINISH, |d| {
+                d.put_slice(sha256);
+                Ok(())
+            }),
+        }
+    }
+}
+
+impl ServerMessage {
+    fn from_frame(ty: u8, payload: Bytes) -> Result<Self, UploadError> {
+        let msg = match ty {
+            T_WELCOME => {
+                let mut f = Fields {
+                    message: "welcome",
+                    buf: payload,
+                };
+                let version = f.u16()?;
+                f.end()?;
+                ServerMessage::Welcome { version }
+            }
+            T_ACCEPT => {
+                let mut f = Fields {
+                    message: "accept",
+                    buf: payload,
+                };
+                let offset = f.u64()?;
+                let prefix_sha256 = f.digest()?;
+                f.end()?;
+                ServerMessage::Accept {
+                    offset,
+                    prefix_sha256,
+                }
+            }
+            T_STORED => {
+                let mut f = Fields {
+                    message: "stored",
+                    buf: payload,
+                };
+                let sha256 = f.digest()?;
+                let name = f.string("name")?;
+                f.end()?;
+                ServerMessage::Stored { name, sha256 }
+            }
+            T_REFUSE => {
+                let mut f = Fields {
+                    message: "refuse",
+                    buf: payload,
+                };
+                let code = RefusalCode::from_u16(f.u16()?);
+                let reason = f.string("reason")?;
+                f.end()?;
+                ServerMessage::Refuse { code, reason }
+            }
+            other => return Err(UploadError::UnknownType(other)),
+        };
+        Ok(msg)
+    }
+
+    /// Appends this message as one frame to `dst`. A reason longer than
+    /// [`MAX_REASON_LEN`] is truncated rather than refused, so a refusal can
+    /// always be sent.
+    pub fn encode_into(&self, dst: &mut BytesMut) -> Result<(), UploadError> {
+        match self {
+            ServerMessage::Welcome { version } => encode_frame(dst, T_WELCOME, |d| {
+                d.put_u16(*version);
+                Ok(())
+            }),
+            ServerMessage::Accept {
+                offset,
+                prefix_sha256,
+            } => encode_frame(dst, T_ACCEPT, |d| {
+                d.put_u64(*offset);
+                d.put_slice(prefix_sha256);
+                Ok(())
+            }),
+            ServerMessage::Stored { name, sha256 } => encode_frame(dst, T_STORED, |d| {
+                d.put_slice(sha256);
+                put_string(d, "name", name, MAX_NAME_LEN)
+            }),
+            ServerMessage::Refuse { code, reason } => encode_frame(dst, T_REFUSE, |d| {
+                d.put_u16(code.to_u16());
+                put_string(
+                    d,
+                    "reason",
+                    truncate_utf8(reason, MAX_REASON_LEN),
+                    MAX_REASON_LEN,
+                )
+            }),
+        }
+    }
+}
+
+/// Server-side codec: decodes [`ClientMessage`]s, encodes [`ServerMessage`]s.
+///
+/// Feed it the bytes after [`MAGIC`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ServerCodec;
+
+impl Decoder for ServerCodec {
+    type Item = ClientMessage;
+    type Error = UploadError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<ClientMessage>, UploadError> {
+        match decode_frame(src)? {
+            None => Ok(None),
+            Some((ty, payload)) => ClientMessage::from_frame(ty, payload).map(Some),
+        }
+    }
+}
+
+impl Encoder<ServerMessage> for ServerCodec {
+    type Error = UploadError;
+
+    fn encode(&mut self, item: ServerMessage, dst: &mut BytesMut) -> Result<(), UploadError> {
+        item.encode_into(dst)
+    }
+}
+
+/// Client-side codec: decodes [`ServerMessage`]s, encodes [`ClientMessage`]s.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ClientCodec;
+
+impl Decoder for ClientCodec {
+    type Item = ServerMessage;
+    type Error = UploadError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<ServerMessage>, UploadError> {
+        match decode_frame(src)? {
+            None => Ok(None),
+            Some((ty, payload)) => ServerMessage::from_frame(ty, payload).map(Some),
+        }
+    }
+}
+
+impl Encoder<ClientMessage> for ClientCodec {
+    type Error = UploadError;
+
+    fn encode(&mut self, item: ClientMessage, dst: &mut BytesMut) -> Result<(), UploadError> {
+        item.encode_into(dst)
+    }
+}
+
+/// Formats a digest as lower-case hex, the `sha256sum` spelling.
+pub fn hex(digest: &Digest) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(DIGEST_LEN * 2);
+    for b in digest {
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 0x0f)]));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,1 +1,100 @@
-//! up-srv library (work in progress).
+//! up-srv: a verified, resumable, atomic file-upload server.
+//!
+//! The caller binds the listener and passes a shutdown future to [`run`], so
+//! tests run the server in-process on port 0 and `main.rs` stays thin. The
+//! wire protocol lives in [`proto::upload`] and is specified in
+//! `docs/PROTOCOL.md` ("Upload").
+//!
+//! # Layout
+//! - [`server`]: accept loop, connection and upload limits, shutdown.
+//! - [`session`]: one connection: form detection, the legacy exchange and the
+//!   binary protocol's per-file state machine.
+//! - [`body`]: receives a raw body while hashing and writing on a blocking thread.
+//! - [`storage`]: partial files, fsync, no-clobber rename, safe names; no sockets.
+//! - [`size`]: parsing `10G`-style sizes for `--max-size`.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+pub mod body;
+pub mod server;
+pub mod session;
+pub mod size;
+pub mod storage;
+
+/// Port the server listens on unless told otherwise.
+pub const DEFAULT_PORT: u16 = 9998;
+
+/// Default `--max-size`: 64 GiB.
+pub const DEFAULT_MAX_SIZE: u64 = 64 << 30;
+
+/// Default `--max-uploads`.
+pub const DEFAULT_MAX_UPLOADS: usize = 64;
+
+/// Default `--idle-timeout`.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Default `--partial-max-age`: 7 days.
+pub const DEFAULT_PARTIAL_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Server settings: where files go and the limits that protect the host.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Upload dir; created if missing.
+    pub dir: PathBuf,
+    /// Replace existing files instead of storing `name (n).ext`.
+    pub overwrite: bool,
+    /// Largest declared size accepted; checked before any byte is written.
+    pub max_size: u64,
+    /// Concurrent uploads; more are refused with a code, never queued silently.
+    pub max_uploads: usize,
+    /// A connection that sends nothing for this long is closed (partials kept).
+    pub idle_timeout: Duration,
+    /// Shared token every binary client must present; `None` = open server.
+    pub token: Option<String>,
+    /// fsync data and directories; off only for benchmarks (a crash may lose
+    /// or tear files that were reported stored).
+    pub fsync: bool,
+    /// Partials untouched for longer than this are removed at start.
+    pub partial_max_age: Duration,
+}
+
+impl Config {
+    /// Settings with the documented defaults, storing into `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Config {
+            dir: dir.into(),
+            overwrite: false,
+            max_size: DEFAULT_MAX_SIZE,
+            max_uploads: DEFAULT_MAX_UPLOADS,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            token: None,
+            fsync: true,
+            partial_max_age: DEFAULT_PARTIAL_MAX_AGE,
+        }
+    }
+}
+
+/// Errors that stop the server before or while it runs.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The upload dir could not be prepared.
+    #[error(transparent)]
+    Storage(#[from] storage::StorageError),
+    /// The listener's address could not be read.
+    #[error("cannot read the listening address: {0}")]
+    LocalAddr(std::io::Error),
+}
+
+/// Serves uploads on `listener` until `shutdown` completes, then lets
+/// in-flight uploads stop as resumable partials (within about 1.5 s).
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    server::run(listener, config, shutdown).await
+}

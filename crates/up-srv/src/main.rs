@@ -1,3 +1,137 @@
-//! `up-srv` binary: parses arguments and calls [`up_srv`].
+//! `up-srv` binary: parses arguments, binds, maps signals to shutdown and
+//! calls [`up_srv::run`].
+//!
+//! Exit codes: 0 after a clean shutdown, 1 on a runtime error (one line naming
+//! the address or path, with a hint), 2 on a usage error.
 
-fn main() {}
+use std::io::IsTerminal;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use tokio::net::TcpListener;
+
+/// Verified, resumable, atomic file-upload server.
+///
+/// Speaks the binary upload protocol of up-cli and the original tutorial's
+/// legacy form (size as text, reply "1001", raw bytes; stored as new.jpg).
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// Address to listen on (a non-loopback address without --token warns at start)
+    #[arg(short, long, default_value = "127.0.0.1")]
+    bind: IpAddr,
+    /// Port to listen on
+    #[arg(short, long, default_value_t = up_srv::DEFAULT_PORT)]
+    port: u16,
+    /// Upload directory (created if missing)
+    #[arg(short, long, default_value = "./uploads")]
+    dir: PathBuf,
+    /// Replace existing files instead of storing "name (1).ext"
+    #[arg(long)]
+    overwrite: bool,
+    /// Largest accepted file, refused upfront (suffixes K, M, G, T)
+    #[arg(long, default_value = "64G", value_parser = up_srv::size::parse_size)]
+    max_size: u64,
+    /// Concurrent uploads; more are refused with a "too many uploads" code
+    #[arg(long, default_value_t = up_srv::DEFAULT_MAX_UPLOADS as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    max_uploads: u32,
+    /// Close connections that send nothing for this many seconds (partials are kept)
+    #[arg(long, default_value_t = up_srv::DEFAULT_IDLE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout: u64,
+    /// Shared token clients must present (binary protocol only)
+    #[arg(long, env = "UP_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Skip fsync of files and directories. UNSAFE: a crash or power loss may
+    /// lose or tear files already reported stored; for benchmarks only
+    #[arg(long)]
+    no_fsync: bool,
+    /// Remove partial uploads untouched for longer than this many seconds at start
+    #[arg(long, default_value_t = up_srv::DEFAULT_PARTIAL_MAX_AGE.as_secs())]
+    partial_max_age: u64,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+    match serve(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("up-srv: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn serve(args: Args) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let config = up_srv::Config {
+        dir: args.dir,
+        overwrite: args.overwrite,
+        max_size: args.max_size,
+        max_uploads: args.max_uploads as usize,
+        idle_timeout: Duration::from_secs(args.idle_timeout),
+        token: args.token.filter(|t| !t.is_empty()),
+        fsync: !args.no_fsync,
+        partial_max_age: Duration::from_secs(args.partial_max_age),
+    };
+    let addr = SocketAddr::new(args.bind, args.port);
+    let result = runtime.block_on(async move {
+        let listener = TcpListener::bind(addr).await.map_err(|e| {
+            let hint = match e.kind() {
+                std::io::ErrorKind::AddrInUse => " (another up-srv running? try --port)",
+                std::io::ErrorKind::AddrNotAvailable => {
+                    " (is that address on this host? try --bind 127.0.0.1)"
+                }
+                std::io::ErrorKind::PermissionDenied => {
+                    " (ports below 1024 need privileges; try --port)"
+                }
+                _ => "",
+            };
+            anyhow::anyhow!("cannot bind {addr}: {e}{hint}")
+        })?;
+        up_srv::run(listener, config, shutdown_signal()).await?;
+        anyhow::Ok(())
+    });
+    // Blocking writer threads stop on their own once sessions end; do not
+    // let a stuck disk hold the process past the shutdown promise.
+    runtime.shutdown_timeout(Duration::from_millis(300));
+    result
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

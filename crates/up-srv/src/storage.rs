@@ -1,0 +1,726 @@
+//! Durable, atomic file storage under the upload dir; no sockets here.
+//!
+//! Data arrives in a partial file inside the hidden [`PARTIAL_DIR`] of the
+//! upload dir, keyed by (name, size) so that re-running the same upload finds
+//! it and resumes. Completion fsyncs the file, renames it into place without
+//! clobbering (unless `--overwrite`) and fsyncs the directory, so a file under
+//! its final name is always complete. Every path below the upload dir is
+//! walked with `openat(O_NOFOLLOW)` from the dir's own descriptor, so a
+//! symlink planted inside the upload dir is never followed. The session
+//! (`session.rs`) calls these blocking functions from `spawn_blocking`.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use nix::errno::Errno;
+use nix::fcntl::{openat, renameat, renameat2, OFlag, RenameFlags};
+use nix::sys::stat::{fstatat, mkdirat, Mode};
+use nix::unistd::{unlinkat, UnlinkatFlags};
+use sha2::{Digest as _, Sha256};
+
+/// Hidden directory inside the upload dir that holds partial uploads.
+/// Names starting with it are refused so no upload can land there.
+pub const PARTIAL_DIR: &str = ".partial";
+
+/// Longest accepted name component in bytes (common filesystem limit).
+pub const MAX_COMPONENT_LEN: usize = 255;
+
+/// Longest accepted name in bytes, all components included. Below the wire
+/// limit so that the whole stored path stays well under `PATH_MAX`.
+pub const MAX_NAME_LEN: usize = 1024;
+
+/// Deepest accepted directory nesting of a name.
+pub const MAX_DEPTH: usize = 32;
+
+/// How many ` (n)` suffixes are tried before giving up on a unique name.
+pub const MAX_UNIQUE_TRIES: u32 = 10_000;
+
+/// Buffer size for re-hashing a stored prefix on resume.
+const PREFIX_HASH_BUF: usize = 256 * 1024;
+
+/// Why a name is refused. The message is sent to the client as the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// The name is empty.
+    #[error("empty name")]
+    Empty,
+    /// The name is longer than [`MAX_NAME_LEN`].
+    #[error("name is {0} bytes long (limit {MAX_NAME_LEN})")]
+    TooLong(usize),
+    /// A component is longer than [`MAX_COMPONENT_LEN`].
+    #[error("name component is {0} bytes long (limit {MAX_COMPONENT_LEN})")]
+    ComponentTooLong(usize),
+    /// The name nests more than [`MAX_DEPTH`] directories.
+    #[error("name nests more than {MAX_DEPTH} directories")]
+    TooDeep,
+    /// The name starts with `/`.
+    #[error("absolute names are not accepted (send a relative name)")]
+    Absolute,
+    /// The name holds an empty component (`a//b`, trailing `/`).
+    #[error("empty path component (double or trailing '/')")]
+    EmptyComponent,
+    /// The name holds a `.` or `..` component.
+    #[error("'{0}' components are not accepted")]
+    DotComponent(&'static str),
+    /// The name holds a backslash.
+    #[error("backslashes are not accepted (use '/' between directories)")]
+    Backslash,
+    /// The name holds NUL or another control character.
+    #[error("control character 0x{0:02x} in name")]
+    ControlChar(u32),
+    /// A component is a Windows-reserved device name.
+    #[error("'{0}' is a reserved device name on Windows")]
+    Reserved(String),
+    /// The name would land in the partial-upload directory.
+    #[error("names starting with '{PARTIAL_DIR}' are reserved for partial uploads")]
+    PartialDir,
+}
+
+/// Checks that `name` is a plain relative `/`-separated name that is safe to
+/// create under the upload dir on any common filesystem.
+pub fn validate_name(name: &str) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(NameError::TooLong(name.len()));
+    }
+    if let Some(c) = name.chars().find(|c| c.is_control()) {
+        return Err(NameError::ControlChar(u32::from(c)));
+    }
+    if name.contains('\\') {
+        return Err(NameError::Backslash);
+    }
+    if name.starts_with('/') {
+        return Err(NameError::Absolute);
+    }
+    if name.starts_with(PARTIAL_DIR) {
+        return Err(NameError::PartialDir);
+    }
+    let components: Vec<&str> = name.split('/').collect();
+    if components.len() > MAX_DEPTH + 1 {
+        return Err(NameError::TooDeep);
+    }
+    for c in components {
+        match c {
+            "" => return Err(NameError::EmptyComponent),
+            "." => return Err(NameError::DotComponent(".")),
+            ".." => return Err(NameError::DotComponent("..")),
+            _ => {}
+        }
+        if c.len() > MAX_COMPONENT_LEN {
+            return Err(NameError::ComponentTooLong(c.len()));
+        }
+        if is_windows_reserved(c) {
+            return Err(NameError::Reserved(c.to_string()));
+        }
+    }
+    Ok(())
+}
+
+/// True for CON, PRN, AUX, NUL, COM1-9 and LPT1-9, any case, with any extension
+/// (Windows reserves `nul.txt` as well as `nul`).
+fn is_windows_reserved(component: &str) -> bool {
+    let stem = component.split('.').next().unwrap_or(component);
+    let stem = stem.trim_end_matches(' ').to_ascii_uppercase();
+    match stem.as_str() {
+        "CON" | "PRN" | "AUX" | "NUL" => true,
+        s if s.len() == 4 && (s.starts_with("COM") || s.starts_with("LPT")) => {
+            matches!(s.as_bytes()[3], b'1'..=b'9')
+        }
+        _ => false,
+    }
+}
+
+/// Storage failures, each naming the path involved.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The upload dir cannot be created or opened.
+    #[error("cannot open upload dir {path}: {cause} (check the path and its permissions, or pass --dir)")]
+    OpenDir {
+        /// The upload dir.
+        path: PathBuf,
+        /// The cause (not a `source`, so the one-line message is not repeated).
+        cause: io::Error,
+    },
+    /// An operation on a path below the upload dir failed.
+    #[error("cannot {action} {path}: {cause}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// Path relative to the upload dir.
+        path: String,
+        /// The cause.
+        cause: io::Error,
+    },
+    /// A directory component of the name is a symlink or not a directory.
+    #[error("cannot store {path}: '{component}' is a symlink or not a directory")]
+    NotADirectory {
+        /// The name being stored.
+        path: String,
+        /// The offending component.
+        component: String,
+    },
+    /// Every ` (n)` suffix up to [`MAX_UNIQUE_TRIES`] is taken.
+    #[error("cannot find a free name for {0} (too many copies)")]
+    NoUniqueName(String),
+}
+
+fn io_err(
+    action: &'static str,
+    path: impl Into<String>,
+    source: impl Into<io::Error>,
+) -> StorageError {
+    StorageError::Io {
+        action,
+        path: path.into(),
+        cause: source.into(),
+    }
+}
+
+/// What the start-up scan of the partial dir found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PartialScan {
+    /// Resumable partials kept, as (name, declared size, bytes held).
+    pub kept: Vec<(String, u64, u64)>,
+    /// Partials removed because they were older than the max age or not resumable.
+    pub removed: usize,
+}
+
+/// The upload dir, opened once; all later paths are resolved from its descriptor.
+#[derive(Debug)]
+pub struct Storage {
+    root: PathBuf,
+    root_fd: OwnedFd,
+    partial_fd: OwnedFd,
+    overwrite: bool,
+    fsync: bool,
+}
+
+/// Data of one upload in progress, kept in the partial dir.
+#[derive(Debug)]
+pub struct PartialUpload {
+    key: String,
+    file: File,
+    len: u64,
+}
+
+impl PartialUpload {
+    /// Bytes already held.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True when no byte is held yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Hashes the held prefix; the returned state continues with the body.
+    pub fn hash_prefix(&mut self) -> Result<Sha256, StorageError> {
+        let mut hasher = Sha256::new();
+        self.file
+            .seek(SeekFrom::Start(0))
+            .map_err(|e| io_err("read", self.data_name(), e))?;
+        let mut buf = vec![0u8; PREFIX_HASH_BUF];
+        let mut left = self.len;
+        while left > 0 {
+            let want = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+            let n = self
+                .file
+                .read(&mut buf[..want])
+                .map_err(|e| io_err("read", self.data_name(), e))?;
+            if n == 0 {
+                // The file shrank under us; resume from what is really there.
+                self.len -= left;
+                self.file
+                    .set_len(self.len)
+                    .map_err(|e| io_err("truncate", self.data_name(), e))?;
+                break;
+            }
+            hasher.update(&buf[..n]);
+            left -= n as u64;
+        }
+        Ok(hasher)
+    }
+
+    /// Drops the held bytes so the upload restarts at 0.
+    pub fn restart(&mut self) -> Result<(), StorageError> {
+        self.file
+            .set_len(0)
+            .map_err(|e| io_err("truncate", self.data_name(), e))?;
+        self.len = 0;
+        Ok(())
+    }
+
+    /// Positions the file at its end and hands it out for appending the body.
+    pub fn append_handle(&mut self) -> Result<File, StorageError> {
+        self.file
+            .seek(SeekFrom::Start(self.len))
+            .map_err(|e| io_err("seek", self.data_name(), e))?;
+        self.file
+            .try_clone()
+            .map_err(|e| io_err("open", self.data_name(), e))
+    }
+
+    /// Records bytes appended through [`PartialUpload::append_handle`].
+    pub fn add_len(&mut self, n: u64) {
+        self.len += n;
+    }
+
+    fn data_name(&self) -> String {
+        format!("{PARTIAL_DIR}/{}.data", self.key)
+    }
+}
+
+/// Unique suffix source for non-resumable temp files.
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl Storage {
+    /// Creates (if missing) and opens the upload dir and its partial dir.
+    pub fn open(root: &Path, overwrite: bool, fsync: bool) -> Result<Self, StorageError> {
+        let open_err = |cause: io::Error| StorageError::OpenDir {
+            path: root.to_path_buf(),
+            cause,
+        };
+        std::fs::create_dir_all(root).map_err(open_err)?;
+        let root_fd = openat(
+            nix::fcntl::AT_FDCWD,
+            root,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| open_err(e.into()))?;
+        let partial_fd = open_or_create_dir(&root_fd, PARTIAL_DIR, fsync)
+            .map_err(|e| open_err(e.into()))?
+            .0;
+        Ok(Storage {
+            root: root.to_path_buf(),
+            root_fd,
+            partial_fd,
+            overwrite,
+            fsync,
+        })
+    }
+
+    /// The upload dir as given.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Bytes available to this process on the upload dir's filesystem.
+    pub fn free_space(&self) -> Result<u64, StorageError> {
+        let st =
+            nix::sys::statvfs::fstatvfs(&self.root_fd).map_err(|e| io_err("statvfs", ".", e))?;
+        #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
+        Ok((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
+    }
+
+    /// The partial key of (name, size): a hash, so nested names stay flat
+    /// and the same upload always finds the same partial.
+    fn key(name: &str, size: u64) -> String {
+        let mut h = Sha256::new();
+        h.update(name.as_bytes());
+        h.update([0]);
+        h.update(size.to_be_bytes());
+        let d: [u8; 32] = h.finalize().into();
+        proto::upload::hex(&d)[..32].to_string()
+    }
+
+    /// Bytes already held for (name, size), without creating anything
+    /// (0 when there is no partial, or one that cannot belong to this size).
+    pub fn held(&self, name: &str, size: u64) -> u64 {
+        let data = format!("{}.data", Self::key(name, size));
+        match fstatat(
+            &self.partial_fd,
+            data.as_str(),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
+            Ok(st) => u64::try_from(st.st_size)
+                .ok()
+                .filter(|&n| n <= size)
+                .unwrap_or(0),
+            Err(_) => 0,
+        }
+    }
+
+    /// Opens (or creates) the resumable partial of (name, size).
+    /// The name must have passed [`validate_name`].
+    pub fn open_partial(&self, name: &str, size: u64) -> Result<PartialUpload, StorageError> {
+        let key = Self::key(name, size);
+        let meta = format!("up-srv partial v1\nsize={size}\nname={name}\n");
+        self.write_small(&format!("{key}.meta"), meta.as_bytes())?;
+        let mut partial = self.open_data(key)?;
+        if partial.len > size {
+            // Cannot belong to this upload: start over.
+            partial.restart()?;
+        }
+        Ok(partial)
+    }
+
+    /// Opens a fresh non-resumable partial (legacy uploads carry no name to resume by).
+    pub fn open_temp(&self) -> Result<PartialUpload, StorageError> {
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let key = format!("tmp-{}-{nanos}-{n}", std::process::id());
+        let mut p = self.open_data(key)?;
+        p.restart()?;
+        Ok(p)
+    }
+
+    fn open_data(&self, key: String) -> Result<PartialUpload, StorageError> {
+        let name = format!("{key}.data");
+        let fd = openat(
+            &self.partial_fd,
+            name.as_str(),
+            OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o644),
+        )
+        .map_err(|e| io_err("open", format!("{PARTIAL_DIR}/{name}"), e))?;
+        let file = File::from(fd);
+        let len = file
+            .metadata()
+            .map_err(|e| io_err("stat", format!("{PARTIAL_DIR}/{name}"), e))?
+            .len();
+        Ok(PartialUpload { key, file, len })
+    }
+
+    fn write_small(&self, name: &str, data: &[u8]) -> Result<(), StorageError> {
+        let fd = openat(
+            &self.partial_fd,
+            name,
+            OFlag::O_WRONLY
+                | OFlag::O_CREAT
+                | OFlag::O_TRUNC
+                | OFlag::O_NOFOLLOW
+                | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o644),
+        )
+        .map_err(|e| io_err("open", format!("{PARTIAL_DIR}/{name}"), e))?;
+        File::from(fd)
+            .write_all(data)
+            .map_err(|e| io_err("write", format!("{PARTIAL_DIR}/{name}"), e))
+    }
+
+    /// Removes a partial and its meta (digest mismatch, failed legacy upload).
+    pub fn discard(&self, partial: PartialUpload) -> Result<(), StorageError> {
+        let key = partial.key.clone();
+        drop(partial);
+        self.remove_key(&key)
+    }
+
+    fn remove_key(&self, key: &str) -> Result<(), StorageError> {
+        for ext in ["data", "meta"] {
+            let name = format!("{key}.{ext}");
+            match unlinkat(&self.partial_fd, name.as_str(), UnlinkatFlags::NoRemoveDir) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(e) => return Err(io_err("remove", format!("{PARTIAL_DIR}/{name}"), e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes a complete, verified partial durable under `name` (or a unique
+    /// variant of it) and returns the stored name relative to the upload dir.
+    pub fn finish(&self, partial: PartialUpload, name: &str) -> Result<String, StorageError> {
+        if self.fsync {
+            partial
+                .file
+                .sync_all()
+                .map_err(|e| io_err("fsync", partial.data_name(), e))?;
+        }
+        let key = partial.key.clone();
+        let data_name = partial.data_name();
+        drop(partial);
+        let src = format!("{key}.data");
+
+        let (dirs, leaf) = match name.rsplit_once('/') {
+            Some((d, l)) => (Some(d), l),
+            None => (None, name),
+        };
+        let mut dir_fd: Option<OwnedFd> = None;
+        for component in dirs.into_iter().flat_map(|d| d.split('/')) {
+            let parent = dir_fd.as_ref().map_or(self.root_fd.as_fd(), |f| f.as_fd());
+            let (fd, _) =
+                open_or_create_dir(&parent, component, self.fsync).map_err(|e| match e {
+                    Errno::ENOTDIR | Errno::ELOOP => StorageError::NotADirectory {
+                        path: name.to_string(),
+                        component: component.to_string(),
+                    },
+                    e => io_err("create directory for", name, e),
+                })?;
+            dir_fd = Some(fd);
+        }
+        let leaf_dir = dir_fd.as_ref().map_or(self.root_fd.as_fd(), |f| f.as_fd());
+        let prefix = dirs.map(|d| format!("{d}/")).unwrap_or_default();
+
+        let stored_leaf = if self.overwrite {
+            renameat(&self.partial_fd, src.as_str(), leaf_dir, leaf)
+                .map_err(|e| io_err("rename into place", name, e))?;
+            leaf.to_string()
+        } else {
+            let mut stored = None;
+            for n in 0..MAX_UNIQUE_TRIES {
+                let candidate = if n == 0 {
+                    leaf.to_string()
+                } else {
+                    unique_variant(leaf, n)
+                };
+                if candidate.len() > MAX_COMPONENT_LEN {
+                    break;
+                }
+                match renameat2(
+                    &self.partial_fd,
+                    src.as_str(),
+                    leaf_dir,
+                    candidate.as_str(),
+                    RenameFlags::RENAME_NOREPLACE,
+                ) {
+                    Ok(()) => {
+                        stored = Some(candidate);
+                        break;
+                    }
+                    Err(Errno::EEXIST) => continue,
+                    Err(Errno::EINVAL) => {
+                        // The filesystem lacks RENAME_NOREPLACE: a hard link is
+                        // just as atomic at refusing an existing name.
+                        match nix::unistd::linkat(
+                            &self.partial_fd,
+                            src.as_str(),
+                            leaf_dir,
+                            candidate.as_str(),
+                            nix::fcntl::AtFlags::empty(),
+                        ) {
+                            Ok(()) => {
+                                let _ = unlinkat(
+                                    &self.partial_fd,
+                                    src.as_str(),
+                                    UnlinkatFlags::NoRemoveDir,
+                                );
+                                stored = Some(candidate);
+                                break;
+                            }
+                            Err(Errno::EEXIST) => continue,
+                            Err(e) => return Err(io_err("link into place", data_name, e)),
+                        }
+                    }
+                    Err(e) => return Err(io_err("rename into place", name, e)),
+                }
+            }
+            stored.ok_or_else(|| StorageError::NoUniqueName(name.to_string()))?
+        };
+        if self.fsync {
+            nix::unistd::fsync(leaf_dir).map_err(|e| io_err("fsync directory of", name, e))?;
+        }
+        // The data is safe under its final name; the meta is now garbage.
+        let _ = unlinkat(
+            &self.partial_fd,
+            format!("{key}.meta").as_str(),
+            UnlinkatFlags::NoRemoveDir,
+        );
+        Ok(format!("{prefix}{stored_leaf}"))
+    }
+
+    /// Lists the partial dir at start: removes partials older than `max_age`
+    /// and non-resumable temp files, and reports the resumable rest.
+    pub fn scan_partials(&self, max_age: Duration) -> Result<PartialScan, StorageError> {
+        let dir = self.root.join(PARTIAL_DIR);
+        let entries = std::fs::read_dir(&dir).map_err(|e| io_err("list", PARTIAL_DIR, e))?;
+        let now = SystemTime::now();
+        let mut scan = PartialScan::default();
+        for entry in entries.flatten() {
+            let file_name = entry.file_name();
+            let Some(file_name) = file_name.to_str() else {
+                continue;
+            };
+            let Some(key) = file_name.strip_suffix(".data") else {
+                // Orphan metas are removed with their data, or below if stale.
+                if let Some(key) = file_name.strip_suffix(".meta") {
+                    if fstatat(
+                        &self.partial_fd,
+                        format!("{key}.data").as_str(),
+                        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                    )
+                    .is_err()
+                    {
+                        let _ = self.remove_key(key);
+                    }
+                }
+                continue;
+            };
+            let meta = std::fs::read_to_string(dir.join(format!("{key}.meta"))).ok();
+            let parsed = meta.as_deref().and_then(parse_meta);
+            let held = entry.metadata().map(|m| m.len()).unwrap_or(0);
+            let age = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .unwrap_or_default();
+            match parsed {
+                Some((name, size)) if age <= max_age && key == Self::key(&name, size) => {
+                    scan.kept.push((name, size, held));
+                }
+                _ => {
+                    self.remove_key(key)?;
+                    scan.removed += 1;
+                }
+            }
+        }
+        scan.kept.sort();
+        Ok(scan)
+    }
+}
+
+fn parse_meta(meta: &str) -> Option<(String, u64)> {
+    let mut lines = meta.lines();
+    if lines.next()? != "up-srv partial v1" {
+        return None;
+    }
+    let size = lines.next()?.strip_prefix("size=")?.parse().ok()?;
+    let name = lines.next()?.strip_prefix("name=")?.to_string();
+    Some((name, size))
+}
+
+/// `photo.jpg` → `photo (n).jpg`; names without an extension get the suffix at the end.
+pub fn unique_variant(leaf: &str, n: u32) -> String {
+    match leaf.rfind('.') {
+        Some(dot) if dot > 0 => format!("{} ({n}){}", &leaf[..dot], &leaf[dot..]),
+        _ => format!("{leaf} ({n})"),
+    }
+}
+
+/// Opens the directory `name` under `parent` without following symlinks,
+/// creating it first if missing (and fsyncing the parent so the new entry is
+/// durable). Returns the descriptor and whether it was created.
+fn open_or_create_dir(
+    parent: &impl AsFd,
+    name: &str,
+    fsync: bool,
+) -> Result<(OwnedFd, bool), Errno> {
+    let created = match mkdirat(parent.as_fd(), name, Mode::from_bits_truncate(0o755)) {
+        Ok(()) => true,
+        Err(Errno::EEXIST) => false,
+        Err(e) => return Err(e),
+    };
+    let fd = openat(
+        parent.as_fd(),
+        name,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    if created && fsync {
+        nix::unistd::fsync(parent.as_fd())?;
+    }
+    Ok((fd, created))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_names_are_accepted() {
+        for ok in [
+            "a",
+            "photo.jpg",
+            "photos/sub/b.png",
+            "é t é.txt",
+            ".hidden",
+            "a..b",
+            "cone/x",
+            "console.log",
+            "COM0",
+        ] {
+            assert_eq!(validate_name(ok), Ok(()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn reserved_names_cover_extensions_and_case() {
+        for bad in [
+            "CON",
+            "con.txt",
+            "Nul",
+            "aux.tar.gz",
+            "COM1",
+            "lpt9.log",
+            "dir/prn",
+        ] {
+            assert!(
+                matches!(validate_name(bad), Err(NameError::Reserved(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn unique_variant_inserts_before_the_extension() {
+        assert_eq!(unique_variant("photo.jpg", 1), "photo (1).jpg");
+        assert_eq!(unique_variant("README", 2), "README (2)");
+        assert_eq!(unique_variant(".bashrc", 1), ".bashrc (1)");
+    }
+
+    #[test]
+    fn finish_makes_unique_names_and_overwrite_replaces() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Storage::open(dir.path(), false, true).expect("open");
+        for expected in ["x/y.txt", "x/y (1).txt"] {
+            let mut p = s.open_partial("x/y.txt", 2).expect("partial");
+            p.append_handle()
+                .expect("handle")
+                .write_all(b"hi")
+                .expect("write");
+            assert_eq!(s.finish(p, "x/y.txt").expect("finish"), expected);
+        }
+        let s = Storage::open(dir.path(), true, true).expect("open");
+        let mut p = s.open_partial("x/y.txt", 2).expect("partial");
+        p.append_handle()
+            .expect("handle")
+            .write_all(b"yo")
+            .expect("write");
+        assert_eq!(s.finish(p, "x/y.txt").expect("finish"), "x/y.txt");
+        assert_eq!(
+            std::fs::read(dir.path().join("x/y.txt")).expect("read"),
+            b"yo"
+        );
+        assert_eq!(
+            s.scan_partials(Duration::from_secs(60)).expect("scan"),
+            PartialScan::default()
+        );
+    }
+
+    #[test]
+    fn symlinked_directory_is_not_followed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let outside = tempfile::tempdir().expect("tempdir");
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).expect("symlink");
+        let s = Storage::open(dir.path(), false, false).expect("open");
+        let p = s.open_partial("link/f", 0).expect("partial");
+        let err = s.finish(p, "link/f").unwrap_err();
+        assert!(matches!(err, StorageError::NotADirectory { .. }), "{err}");
+        assert_eq!(std::fs::read_dir(outside.path()).expect("list").count(), 0);
+    }
+
+    #[test]
+    fn scan_keeps_resumable_partials_and_drops_temps() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Storage::open(dir.path(), false, false).expect("open");
+        let mut p = s.open_partial("big.bin", 10).expect("partial");
+        p.append_handle()
+            .expect("handle")
+            .write_all(b"abc")
+            .expect("write");
+        let _t = s.open_temp().expect("temp");
+        let scan = s.scan_partials(Duration::from_secs(3600)).expect("scan");
+        assert_eq!(scan.kept, vec![("big.bin".to_string(), 10, 3)]);
+        assert_eq!(scan.removed, 1);
+    }
+}
