@@ -91,11 +91,15 @@ pub fn spawn(mut file: File, mut hasher: Sha256, offset: u64, expected: u64) -> 
     let (chunk_tx, chunks) = mpsc::channel::<Chunk>(POOL_BUFFERS);
     let (hash_tx, mut hash_rx) = mpsc::channel::<Chunk>(POOL_BUFFERS);
     let (free, mut free_rx) = mpsc::channel::<Vec<u8>>(POOL_BUFFERS);
-    let free_for_hasher = free.clone();
+    // Weak, so that dropping the BodyReader (the only strong sender) ends a
+    // reader waiting for a free buffer instead of deadlocking on the hasher.
+    let free_for_hasher = free.downgrade();
     let hasher = tokio::task::spawn_blocking(move || {
         while let Some(chunk) = hash_rx.blocking_recv() {
             hasher.update(&chunk.buf[..chunk.len]);
-            recycle(chunk.buf, &free_for_hasher);
+            if let Some(free) = free_for_hasher.upgrade() {
+                recycle(chunk.buf, &free);
+            }
         }
         hasher.finalize().into()
     });

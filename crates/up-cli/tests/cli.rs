@@ -216,3 +216,38 @@ fn help_and_usage_errors() {
     let run = up_cli(dir.path(), &["--limit-rate", "fast", "f"], &[]);
     assert_eq!(run.code, Some(2));
 }
+
+#[test]
+fn server_shutdown_mid_upload_ends_the_client_with_exit_1() {
+    let server = start_server();
+    let src = tempfile::tempdir().expect("tempdir");
+    std::fs::write(src.path().join("big.bin"), data(8 << 20, 3)).expect("write");
+    let cwd = src.path().to_path_buf();
+    let port = port(&server);
+    let client = std::thread::spawn(move || {
+        up_cli(&cwd, &["-p", &port, "--limit-rate", "2M", "big.bin"], &[])
+    });
+    // Shut down once body bytes have reached the partial file.
+    let partial_dir = server.dir.join(".partial");
+    let deadline = std::time::Instant::now() + common::DEADLINE;
+    loop {
+        let held: u64 = std::fs::read_dir(&partial_dir)
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        if held > 1 << 20 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "upload never started");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    drop(server);
+    let run = client.join().expect("client thread");
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("shutting down"), "{}", run.stderr);
+    assert_eq!(run.stdout, "");
+}
