@@ -99,7 +99,7 @@ pub enum ServerError {
 /// Binds a listener on `addr`, with an error message that names the address
 /// and suggests the fix.
 pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServerError> {
-    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+    listen(addr).map_err(|e| {
         let hint = match e.kind() {
             std::io::ErrorKind::AddrInUse => " (another chat-srv running? try --port)",
             std::io::ErrorKind::PermissionDenied => {
@@ -114,6 +114,23 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServerErr
             hint,
         }
     })
+}
+
+/// Accept-queue length asked of the kernel (which caps it at
+/// `net.core.somaxconn`): a burst of connects larger than the default 1,024
+/// would otherwise be dropped and retried by the clients' kernels a second later.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // Lets a restarted server bind while old connections sit in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// The OS error text without the "(os error N)" suffix, lower-cased first letter.

@@ -1,30 +1,31 @@
-//! Reads a file on a blocking thread into a small pool of recycled buffers
-//! that a second blocking thread hashes while the async sender writes them
-//! to the socket.
+//! Reads and hashes a file on one blocking thread into a small pool of
+//! recycled buffers while the async sender writes earlier buffers to the
+//! socket.
 //!
-//! Reading and hashing overlap the socket writes, and memory stays at
-//! `POOL_BUFFERS * BUFFER_SIZE` whatever the file size.
+//! Each buffer makes one hop (reader thread to sender) and is sent from the
+//! buffer it was read into. Reading and hashing chunk k+1 overlap the socket
+//! write of chunk k, and memory stays at `POOL_BUFFERS * BUFFER_SIZE`
+//! whatever the file size.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
-use std::sync::Arc;
 
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 /// Size of one read buffer.
-pub const BUFFER_SIZE: usize = 512 * 1024;
+pub const BUFFER_SIZE: usize = 1024 * 1024;
 
 /// Buffers in flight per file.
 pub const POOL_BUFFERS: usize = 4;
 
-/// A filled buffer, shared with the hasher; `len` bytes are valid.
+/// A filled, already hashed buffer; `len` bytes are valid.
 #[derive(Debug)]
 pub struct Chunk {
     /// The buffer (return it through [`BodyReader::recycle`]).
-    pub buf: Arc<Vec<u8>>,
+    pub buf: Vec<u8>,
     /// Valid bytes.
     pub len: usize,
 }
@@ -35,33 +36,23 @@ pub struct BodyReader {
     /// Filled buffers, in file order.
     pub chunks: mpsc::Receiver<Chunk>,
     free: mpsc::Sender<Vec<u8>>,
-    reader: JoinHandle<Result<(), String>>,
-    hasher: JoinHandle<[u8; 32]>,
-}
-
-/// Returns a buffer to the pool once its last user is done with it.
-fn recycle(buf: Arc<Vec<u8>>, free: &mpsc::Sender<Vec<u8>>) {
-    if let Some(v) = Arc::into_inner(buf) {
-        // The pool is exactly POOL_BUFFERS large, so this never finds it full.
-        let _ = free.try_send(v);
-    }
+    reader: JoinHandle<Result<[u8; 32], String>>,
 }
 
 impl BodyReader {
     /// Gives a sent buffer back to the reader.
-    pub fn recycle(&self, buf: Arc<Vec<u8>>) {
-        recycle(buf, &self.free);
+    pub fn recycle(&self, buf: Vec<u8>) {
+        // The pool is exactly POOL_BUFFERS large, so this never finds it full.
+        let _ = self.free.try_send(buf);
     }
 
-    /// Waits for the reader and the hasher; the digest of the whole file.
+    /// Waits for the reader; the digest of the whole file.
     pub async fn finish(self) -> Result<[u8; 32], String> {
         drop(self.chunks);
         match self.reader.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e),
-            Err(e) => return Err(format!("reader failed: {e}")),
+            Ok(r) => r,
+            Err(e) => Err(format!("reader failed: {e}")),
         }
-        self.hasher.await.map_err(|e| format!("hasher failed: {e}"))
     }
 }
 
@@ -84,25 +75,12 @@ pub fn hash_prefix(path: &Path, len: u64) -> Result<(File, Sha256), String> {
     Ok((file, hasher))
 }
 
-/// Starts reading `expected` bytes of `file` from `offset` on a blocking thread,
-/// continuing `hasher` (which must cover bytes `0..offset`) on another one,
-/// so reading, hashing and sending all overlap.
+/// Starts reading `expected` bytes of `file` from `offset` on a blocking
+/// thread that also continues `hasher` (which must cover bytes `0..offset`),
+/// so reading and hashing overlap sending.
 pub fn spawn(mut file: File, mut hasher: Sha256, offset: u64, expected: u64) -> BodyReader {
     let (chunk_tx, chunks) = mpsc::channel::<Chunk>(POOL_BUFFERS);
-    let (hash_tx, mut hash_rx) = mpsc::channel::<Chunk>(POOL_BUFFERS);
     let (free, mut free_rx) = mpsc::channel::<Vec<u8>>(POOL_BUFFERS);
-    // Weak, so that dropping the BodyReader (the only strong sender) ends a
-    // reader waiting for a free buffer instead of deadlocking on the hasher.
-    let free_for_hasher = free.downgrade();
-    let hasher = tokio::task::spawn_blocking(move || {
-        while let Some(chunk) = hash_rx.blocking_recv() {
-            hasher.update(&chunk.buf[..chunk.len]);
-            if let Some(free) = free_for_hasher.upgrade() {
-                recycle(chunk.buf, &free);
-            }
-        }
-        hasher.finalize().into()
-    });
     let reader = tokio::task::spawn_blocking(move || {
         file.seek(SeekFrom::Start(offset))
             .map_err(|e| e.to_string())?;
@@ -132,28 +110,16 @@ pub fn spawn(mut file: File, mut hasher: Sha256, offset: u64, expected: u64) -> 
                 }
             }
             left -= filled as u64;
-            let shared = Arc::new(buf);
-            let to_hash = Chunk {
-                buf: shared.clone(),
-                len: filled,
-            };
-            if hash_tx.blocking_send(to_hash).is_err()
-                || chunk_tx
-                    .blocking_send(Chunk {
-                        buf: shared,
-                        len: filled,
-                    })
-                    .is_err()
-            {
+            hasher.update(&buf[..filled]);
+            if chunk_tx.blocking_send(Chunk { buf, len: filled }).is_err() {
                 return Err("upload stopped".into());
             }
         }
-        Ok(())
+        Ok(hasher.finalize().into())
     });
     BodyReader {
         chunks,
         free,
         reader,
-        hasher,
     }
 }

@@ -1,29 +1,41 @@
 //! Receives one raw upload body: socket reads overlap hashing and writing.
 //!
 //! The session task reads the socket into a small pool of recycled buffers
-//! and hands each filled buffer through bounded channels to two blocking
-//! threads, one hashing and one appending to the partial file. So memory per
-//! upload is `POOL_BUFFERS * BUFFER_SIZE` whatever the file size, and the next
-//! read proceeds while the previous buffer is hashed and written. Bytes the
-//! session already buffered past the `Start` frame are the body's first bytes.
+//! and hands each filled buffer to ONE blocking thread that hashes it and
+//! appends it to the partial file, then returns it to the pool. One hop per
+//! chunk keeps wakeups low on small machines, while the socket read of chunk
+//! k+1 still overlaps the hashing and writing of chunk k. Memory per upload
+//! is `POOL_BUFFERS * BUFFER_SIZE` whatever the file size. Bytes the session
+//! already buffered past the `Start` frame are the body's first bytes.
+//!
+//! When the server fsyncs, a third thread flushes the file every
+//! [`SYNC_EVERY`] bytes while the body still arrives and then drops the
+//! flushed pages from the page cache: the disk writes in parallel with the
+//! transfer, the final fsync finds little left to do, and a large upload does
+//! not fill the page cache with dirty data.
 
 use std::fs::File;
-use std::io::{self, Write};
-use std::sync::Arc;
-use std::time::Duration;
+use std::io::{self, Seek, Write};
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
+use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::debug;
 
 /// Size of one body buffer; large reads keep syscalls per GiB low.
-pub const BUFFER_SIZE: usize = 512 * 1024;
+pub const BUFFER_SIZE: usize = 1024 * 1024;
 
 /// Buffers per upload: one being filled, the rest queued or being written.
 pub const POOL_BUFFERS: usize = 4;
+
+/// With fsync on, the file is flushed in the background every this many bytes.
+pub const SYNC_EVERY: u64 = 16 * 1024 * 1024;
 
 /// How the body reception ended.
 #[derive(Debug)]
@@ -53,63 +65,43 @@ pub struct Body {
     pub end: BodyEnd,
 }
 
-/// A filled buffer shared by the hasher and the writer; whichever finishes
-/// with it last returns the allocation to the pool.
+/// A filled buffer; `len` bytes are valid.
 struct Chunk {
-    buf: Arc<Vec<u8>>,
+    buf: Vec<u8>,
     len: usize,
 }
 
-fn recycle(buf: Arc<Vec<u8>>, free: &mpsc::Sender<Vec<u8>>) {
-    if let Some(v) = Arc::into_inner(buf) {
-        // The pool is exactly POOL_BUFFERS large, so this never finds it full.
-        let _ = free.try_send(v);
-    }
+/// What the hashing and writing thread hands back.
+struct Worker {
+    written: u64,
+    hasher: Sha256,
+    result: io::Result<()>,
 }
 
 /// Receives exactly `expected` bytes (fewer on an early end): first from
 /// `pending` (bytes already read past the header), then from `stream`.
 /// Never reads past `expected`, so bytes after the body stay in the socket.
-///
-/// Hashing and writing run on two blocking threads fed with the same
-/// buffers, so neither waits for the other and the socket read overlaps both.
+/// With `sync_early`, written data is flushed to disk while the body arrives.
+#[allow(clippy::too_many_arguments)] // one call site per form; a struct would only rename them
 pub async fn receive(
     stream: &mut TcpStream,
     pending: &mut BytesMut,
     expected: u64,
-    mut file: File,
-    mut hasher: Sha256,
+    file: File,
+    hasher: Sha256,
+    sync_early: bool,
     cancel: &CancellationToken,
     idle: Duration,
 ) -> Body {
-    let (write_tx, mut write_rx) = mpsc::channel::<Chunk>(POOL_BUFFERS);
-    let (hash_tx, mut hash_rx) = mpsc::channel::<Chunk>(POOL_BUFFERS);
+    let (chunk_tx, chunk_rx) = mpsc::channel::<Chunk>(POOL_BUFFERS);
     let (free_tx, mut free_rx) = mpsc::channel::<Vec<u8>>(POOL_BUFFERS);
-    let free_for_writer = free_tx.clone();
-    let writer = tokio::task::spawn_blocking(move || {
-        let mut written = 0u64;
-        let mut result = Ok(());
-        while let Some(chunk) = write_rx.blocking_recv() {
-            if result.is_ok() {
-                match file.write_all(&chunk.buf[..chunk.len]) {
-                    Ok(()) => written += chunk.len as u64,
-                    Err(e) => result = Err(e),
-                }
-            }
-            recycle(chunk.buf, &free_for_writer);
-        }
-        (written, result)
-    });
-    let hashing = tokio::task::spawn_blocking(move || {
-        while let Some(chunk) = hash_rx.blocking_recv() {
-            hasher.update(&chunk.buf[..chunk.len]);
-            recycle(chunk.buf, &free_tx);
-        }
-        hasher
+    let worker = tokio::task::spawn_blocking(move || {
+        hash_and_write(file, hasher, sync_early, chunk_rx, free_tx)
     });
 
     let mut remaining = expected;
     let mut allocated = 0usize;
+    let mut starved = Duration::ZERO;
     let mut end = BodyEnd::Complete;
     while remaining > 0 {
         let mut buf = match free_rx.try_recv() {
@@ -118,11 +110,17 @@ pub async fn receive(
                 allocated += 1;
                 vec![0u8; BUFFER_SIZE]
             }
-            Err(_) => match free_rx.recv().await {
-                Some(b) => b,
-                // Both workers stopped early: the writer's error is reported below.
-                None => break,
-            },
+            Err(_) => {
+                let waited = Instant::now();
+                match free_rx.recv().await {
+                    Some(b) => {
+                        starved += waited.elapsed();
+                        b
+                    }
+                    // The worker stopped early: its error is reported below.
+                    None => break,
+                }
+            }
         };
         let want = usize::try_from(remaining)
             .unwrap_or(usize::MAX)
@@ -146,43 +144,147 @@ pub async fn receive(
             }
         }
         remaining -= filled as u64;
-        if filled > 0 {
-            let shared = Arc::new(buf);
-            let to_hash = Chunk {
-                buf: shared.clone(),
-                len: filled,
-            };
-            let to_write = Chunk {
-                buf: shared,
-                len: filled,
-            };
-            if hash_tx.send(to_hash).await.is_err() || write_tx.send(to_write).await.is_err() {
-                break;
-            }
+        if filled > 0 && chunk_tx.send(Chunk { buf, len: filled }).await.is_err() {
+            break;
         }
         if let Some(s) = stop {
             end = s;
             break;
         }
     }
-    drop(write_tx);
-    drop(hash_tx);
-    let hasher = hashing.await.unwrap_or_default();
-    match writer.await {
-        Ok((written, Ok(()))) => Body {
+    drop(chunk_tx);
+    // Time spent waiting for the disk side: the first thing to look at when
+    // an upload is slower than the network.
+    debug!("body: {expected} bytes, waited {starved:?} for a free buffer");
+    match worker.await {
+        Ok(Worker {
+            written,
+            hasher,
+            result: Ok(()),
+        }) => Body {
             written,
             hasher,
             end,
         },
-        Ok((written, Err(e))) => Body {
+        Ok(Worker {
+            written,
+            hasher,
+            result: Err(e),
+        }) => Body {
             written,
             hasher,
             end: BodyEnd::Write(e),
         },
         Err(join) => Body {
             written: 0,
-            hasher,
+            hasher: Sha256::new(),
             end: BodyEnd::Write(io::Error::other(format!("writer task failed: {join}"))),
         },
+    }
+}
+
+/// The blocking side: hashes each chunk, appends it, recycles the buffer.
+/// After a write error the rest is still drained (and hashed, since the hash
+/// covers every received byte) so the session's sends never block.
+fn hash_and_write(
+    mut file: File,
+    mut hasher: Sha256,
+    sync_early: bool,
+    mut chunks: mpsc::Receiver<Chunk>,
+    free: mpsc::Sender<Vec<u8>>,
+) -> Worker {
+    let mut written = 0u64;
+    let mut result = Ok(());
+    let mut flusher = if sync_early {
+        Flusher::start(&file)
+    } else {
+        None
+    };
+    let mut idle = Duration::ZERO;
+    loop {
+        let waited = Instant::now();
+        let Some(chunk) = chunks.blocking_recv() else {
+            break;
+        };
+        idle += waited.elapsed();
+        let data = &chunk.buf[..chunk.len];
+        hasher.update(data);
+        if result.is_ok() {
+            match file.write_all(data) {
+                Ok(()) => written += chunk.len as u64,
+                Err(e) => result = Err(e),
+            }
+        }
+        if let Some(f) = flusher.as_mut() {
+            f.wrote(chunk.len as u64);
+        }
+        // The pool is exactly POOL_BUFFERS large, so this never finds it full.
+        let _ = free.try_send(chunk.buf);
+    }
+    debug!("body worker: waited {idle:?} for data");
+    Worker {
+        written,
+        hasher,
+        result,
+    }
+}
+
+/// Flushes a file on its own thread while it is being appended to.
+struct Flusher {
+    /// Bytes appended since the last request; a request is sent past [`SYNC_EVERY`].
+    unsynced: u64,
+    /// File end to flush up to; the thread takes at most one request at a time.
+    requests: std_mpsc::SyncSender<u64>,
+    end: u64,
+}
+
+impl Flusher {
+    /// Starts the flushing thread on a clone of `file`'s descriptor; `None`
+    /// when it cannot be had (the final fsync still makes the data durable).
+    fn start(file: &File) -> Option<Flusher> {
+        let mut clone = file.try_clone().ok()?;
+        let end = clone.stream_position().ok()?;
+        let (requests, rx) = std_mpsc::sync_channel::<u64>(1);
+        std::thread::Builder::new()
+            .name("up-srv-flush".into())
+            .spawn(move || {
+                let mut dropped = 0u64;
+                while let Ok(upto) = rx.recv() {
+                    // Errors are not lost: the final fsync reports them.
+                    if clone.sync_data().is_err() {
+                        break;
+                    }
+                    // Flushed pages are clean: dropping them keeps the page
+                    // cache for other work. The advice is only a hint.
+                    let len = upto.saturating_sub(dropped);
+                    if let (Ok(off), Ok(len)) = (dropped.try_into(), len.try_into()) {
+                        let _ = posix_fadvise(
+                            &clone,
+                            off,
+                            len,
+                            PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+                        );
+                    }
+                    dropped = upto;
+                }
+            })
+            .ok()?;
+        Some(Flusher {
+            unsynced: 0,
+            requests,
+            end,
+        })
+    }
+
+    fn wrote(&mut self, n: u64) {
+        self.unsynced += n;
+        self.end += n;
+        if self.unsynced >= SYNC_EVERY {
+            // A full channel means a flush is running: it will be asked again
+            // after the next chunk, so the writer never waits for the disk here.
+            if self.requests.try_send(self.end).is_ok() {
+                self.unsynced = 0;
+            }
+        }
     }
 }

@@ -42,7 +42,7 @@ struct Args {
     /// Close connections that send nothing for this many seconds (partials are kept)
     #[arg(long, default_value_t = up_srv::DEFAULT_IDLE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     idle_timeout: u64,
-    /// Shared token clients must present (binary protocol only)
+    /// Shared token binary clients must present; legacy-form clients, which cannot send one, are then refused
     #[arg(long, env = "UP_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Skip fsync of files and directories. UNSAFE: a crash or power loss may

@@ -5,6 +5,7 @@
 //! binary: Hello -> Welcome | Refuse(close)
 //!         loop { Offer -> Refuse | Accept ; Start ; body ; Finish -> Stored | Refuse }
 //! legacy: "<digits>" [pause or CR/LF] -> "1001" ; <size bytes> ; close
+//!         (with --token: -> "refused: ..." line ; close, nothing stored)
 //! ```
 //!
 //! The session owns the buffer the codec decodes from, so bytes read past a
@@ -40,6 +41,10 @@ const LEGACY_DRAIN_MAX: usize = 1 << 20;
 
 /// At most this long is spent dropping bytes past a legacy size.
 const LEGACY_DRAIN_TIME: Duration = Duration::from_secs(1);
+
+/// Sent instead of `1001` when a legacy client reaches a server started with
+/// `--token`: the legacy form has no token field, so it cannot be authorised.
+pub const LEGACY_TOKEN_REFUSAL: &[u8] = b"refused: this server requires a token; use up-cli\n";
 
 /// Initial capacity of the control-message buffer.
 const CONTROL_BUF: usize = 16 * 1024;
@@ -358,6 +363,7 @@ impl Conn<'_> {
             expected,
             file,
             hasher,
+            shared.storage.fsync(),
             &shared.cancel,
             config.idle_timeout,
         )
@@ -490,6 +496,21 @@ impl Conn<'_> {
             }
         };
         bytes::Buf::advance(&mut self.buf, consumed);
+        if config.token.is_some() {
+            // Nothing is opened or written: the reason takes the place of the
+            // reply, and the drain keeps the close from resetting it away.
+            let _ = tokio::time::timeout(
+                REFUSAL_WRITE_TIMEOUT,
+                self.stream.write_all(LEGACY_TOKEN_REFUSAL),
+            )
+            .await;
+            // Our FIN lets the client see the end of the reason at once.
+            let _ = self.stream.shutdown().await;
+            self.drain_extra().await;
+            return Err(Stop::Failed(format!(
+                "legacy upload of {size} bytes refused: a token is required and the legacy form cannot carry one"
+            )));
+        }
         // The legacy form has no refusal message: closing before the reply is
         // the only signal the original client understands.
         if size > config.max_size {
@@ -532,6 +553,7 @@ impl Conn<'_> {
             size,
             file,
             Sha256::new(),
+            shared.storage.fsync(),
             &shared.cancel,
             config.idle_timeout,
         )

@@ -307,6 +307,11 @@ impl Storage {
         })
     }
 
+    /// True when completed uploads are fsynced (not `--no-fsync`).
+    pub fn fsync(&self) -> bool {
+        self.fsync
+    }
+
     /// The upload dir as given.
     pub fn root(&self) -> &Path {
         &self.root

@@ -105,3 +105,31 @@ async fn legacy_size_above_max_is_closed_without_reply() {
     assert!(server.stored().is_empty());
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_upload_is_refused_when_a_token_is_set() {
+    let server = common::start_server_with(|c| c.token = Some("s3cret".into())).await;
+    let mut s = within(TcpStream::connect(server.addr))
+        .await
+        .expect("connect");
+    // The original client: digits with no terminator, then it waits for the reply.
+    within(s.write_all(b"5")).await.expect("write size");
+    let mut reply = Vec::new();
+    within(s.read_to_end(&mut reply))
+        .await
+        .expect("server closes after the reason");
+    assert_eq!(reply, up_srv::session::LEGACY_TOKEN_REFUSAL);
+    assert!(reply.starts_with(b"refused: "), "{reply:?}");
+    // A client that ignores the reason and sends its body anyway stores nothing.
+    let mut s = within(TcpStream::connect(server.addr))
+        .await
+        .expect("connect");
+    within(s.write_all(b"5\n01234")).await.expect("write");
+    within(s.shutdown()).await.expect("close write side");
+    let mut reply = Vec::new();
+    within(s.read_to_end(&mut reply)).await.expect("closed");
+    assert_eq!(reply, up_srv::session::LEGACY_TOKEN_REFUSAL);
+    assert!(server.stored().is_empty(), "{:?}", server.stored());
+    assert!(server.partials().is_empty(), "{:?}", server.partials());
+    server.stop().await;
+}
