@@ -50,6 +50,10 @@ struct Args {
     /// Close connections silent for this many seconds; 0 turns it off.
     #[arg(long, value_name = "SECS", default_value_t = chat_srv::DEFAULT_IDLE_TIMEOUT.as_secs())]
     idle_timeout: u64,
+    /// Worker threads; 0 picks half the CPU cores (at least one), leaving the rest
+    /// to the kernel's network work, which is most of a chat server's cost.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    threads: usize,
 }
 
 fn main() -> ExitCode {
@@ -71,8 +75,20 @@ fn main() -> ExitCode {
     }
 }
 
-#[tokio::main]
-async fn serve(args: Args) -> anyhow::Result<()> {
+fn serve(args: Args) -> anyhow::Result<()> {
+    let threads = match args.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+        n => n,
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(serve_on_runtime(args))
+}
+
+async fn serve_on_runtime(args: Args) -> anyhow::Result<()> {
     raise_fd_limit(args.max_clients);
     let addr = SocketAddr::new(args.bind, args.port);
     let listener = chat_srv::bind(addr).await?;
