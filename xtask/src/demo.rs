@@ -8,7 +8,7 @@
 //! `target/demo/*.log` so the terminal shows only the tour.
 
 use std::fs;
-use std::io::{IsTerminal, Read};
+use std::io::IsTerminal;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -217,28 +217,11 @@ fn upload_tour(bins: &Bins, addr: SocketAddr, work: &Path) -> Result<()> {
     if !on_terminal {
         cmd.stdout(Stdio::piped());
     }
-    let mut child = cmd.spawn().context("starting up-cli")?;
-    let stdout = child.stdout.take();
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        if let Some(mut stdout) = stdout {
-            let _ = stdout.read_to_string(&mut text);
-        }
-        text
-    });
-    let deadline = Instant::now() + Duration::from_secs(60 + UPLOAD_SECONDS);
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("up-cli did not finish within a minute");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let captured = reader.join().unwrap_or_default();
+    let child = cmd.spawn().context("starting up-cli")?;
+    let out = service::wait_with_timeout(child, Duration::from_secs(60 + UPLOAD_SECONDS))
+        .context("up-cli")?;
+    let status = out.status;
+    let captured = String::from_utf8_lossy(&out.stdout).into_owned();
     print!("{captured}");
     ensure!(status.success(), "up-cli exited with {status}");
     let reported = verify::parse_stored_lines(&captured)?.into_iter().next();

@@ -120,13 +120,21 @@ pub fn output_with_timeout(mut cmd: Command, stdin: &[u8], timeout: Duration) ->
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {program}"))?;
-    // Pipes are drained on their own threads so a chatty child never blocks on a full pipe.
     let mut input = child.stdin.take().context("child stdin")?;
     let stdin = stdin.to_vec();
     let writer = std::thread::spawn(move || {
         // A child that exits without reading its input closes the pipe; that is its business.
         let _ = input.write_all(&stdin);
     });
+    let out = wait_with_timeout(child, timeout).with_context(|| program.clone());
+    let _ = writer.join();
+    out
+}
+
+/// Waits for `child`, capturing whichever of its stdout and stderr are pipes, and
+/// kills it after `timeout`; the error then carries what it had printed so far.
+pub fn wait_with_timeout(mut child: Child, timeout: Duration) -> Result<Output> {
+    // Pipes are drained on their own threads so a chatty child never blocks on a full pipe.
     let drain = |pipe: Option<Box<dyn Read + Send>>| {
         std::thread::spawn(move || {
             let mut bytes = Vec::new();
@@ -159,14 +167,14 @@ pub fn output_with_timeout(mut cmd: Command, stdin: &[u8], timeout: Duration) ->
             let out = stdout.join().unwrap_or_default();
             let err = stderr.join().unwrap_or_default();
             bail!(
-                "{program} still running after {timeout:?}, killed; stdout: {:?}; stderr: {:?}",
+                "still running after {timeout:?}, killed; stdout: {:?}; stderr: {:?}",
                 String::from_utf8_lossy(&out),
                 String::from_utf8_lossy(&err)
             );
         }
-        std::thread::sleep(Duration::from_millis(10));
+        // Exit is noticed within a millisecond: small next to any time measured with it.
+        std::thread::sleep(Duration::from_millis(1));
     };
-    let _ = writer.join();
     Ok(Output {
         status,
         stdout: stdout.join().unwrap_or_default(),

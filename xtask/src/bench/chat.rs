@@ -14,7 +14,7 @@ use anyhow::{bail, ensure, Context, Result};
 
 use super::procfs;
 use super::report::{Figure, Row, Target};
-use super::upload::wait_with_timeout;
+use crate::service::wait_with_timeout;
 use crate::service::Service;
 
 /// Longest any single `loadgen` call may take (each mode also bounds itself).

@@ -17,7 +17,7 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 
 use super::procfs;
 use super::report::{Figure, Row, Target};
-use crate::service::Service;
+use crate::service::{wait_with_timeout, Service};
 
 /// Buffer of both ends of the raw copy.
 const RAW_BUF: usize = 1 << 20;
@@ -478,46 +478,3 @@ fn first_word(text: &str) -> Option<String> {
     text.split_whitespace().next().map(str::to_owned)
 }
 
-/// Waits for `child` with its output captured, killing it after `timeout`.
-pub fn wait_with_timeout(
-    mut child: std::process::Child,
-    timeout: Duration,
-) -> Result<std::process::Output> {
-    // Readers on threads, so a chatty child never blocks on a full pipe.
-    let mut stdout = child.stdout.take();
-    let mut stderr = child.stderr.take();
-    let out_thread = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(s) = stdout.as_mut() {
-            let _ = s.read_to_end(&mut buf);
-        }
-        buf
-    });
-    let err_thread = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(s) = stderr.as_mut() {
-            let _ = s.read_to_end(&mut buf);
-        }
-        buf
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("still running after {timeout:?}; killed");
-        }
-        // Exit is noticed within a millisecond: small next to any measured time.
-        std::thread::sleep(Duration::from_millis(1));
-    };
-    let stdout = out_thread.join().unwrap_or_default();
-    let stderr = err_thread.join().unwrap_or_default();
-    Ok(std::process::Output {
-        status,
-        stdout,
-        stderr,
-    })
-}
