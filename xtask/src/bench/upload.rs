@@ -477,4 +477,3 @@ fn checked_output(cmd: &mut Command, name: &str) -> Result<String> {
 fn first_word(text: &str) -> Option<String> {
     text.split_whitespace().next().map(str::to_owned)
 }
-
