@@ -6,10 +6,13 @@
 
 use std::net::SocketAddr;
 
+use std::time::Duration;
+
 use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 
 /// The chat server's first line to every client (see docs/PROTOCOL.md).
 pub const WELCOME: &str = "欢迎来到简单的聊天室..";
@@ -118,6 +121,31 @@ pub fn percentile(sorted: &[u32], p: f64) -> u32 {
     }
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Waits for `count` set-up reports of clients (`what` names them in errors),
+/// failing on the first error, on a report channel closed early, or after `timeout`.
+pub async fn all_ready(
+    ready: &mut mpsc::Receiver<Result<()>>,
+    count: usize,
+    what: &str,
+    timeout: Duration,
+) -> Result<()> {
+    let reports = async {
+        for _ in 0..count {
+            match ready.recv().await {
+                Some(Ok(())) => {}
+                Some(Err(err)) => {
+                    return Err(err.context(format!("one of the {what} failed its setup")))
+                }
+                None => bail!("{what} ended before their setup finished"),
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(timeout, reports)
+        .await
+        .with_context(|| format!("{count} {what} not ready within {timeout:?}"))?
 }
 
 #[cfg(test)]

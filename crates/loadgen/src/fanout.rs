@@ -92,24 +92,7 @@ pub async fn run(args: FanoutArgs) -> Result<String> {
         });
     }
     drop((ready_tx, done_tx));
-    let all_ready = async {
-        for _ in 0..args.members {
-            match ready_rx.recv().await {
-                Some(Ok(())) => {}
-                Some(Err(err)) => return Err(err.context("a member failed its setup")),
-                None => bail!("members ended before their setup finished"),
-            }
-        }
-        Ok(())
-    };
-    tokio::time::timeout(SETUP_TIMEOUT, all_ready)
-        .await
-        .with_context(|| {
-            format!(
-                "{} members not ready within {SETUP_TIMEOUT:?}",
-                args.members
-            )
-        })??;
+    crate::conn::all_ready(&mut ready_rx, args.members, "members", SETUP_TIMEOUT).await?;
 
     let mut sender = LineConn::connect(args.addr, 4096).await?;
     sender.expect_welcome().await?;

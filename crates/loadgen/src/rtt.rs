@@ -95,24 +95,7 @@ pub async fn run(args: RttArgs) -> Result<String> {
         }));
     }
     drop(ready_tx);
-    let all_ready = async {
-        for _ in 0..args.clients {
-            match ready_rx.recv().await {
-                Some(Ok(())) => {}
-                Some(Err(err)) => return Err(err.context("a client failed its setup")),
-                None => bail!("clients ended before their setup finished"),
-            }
-        }
-        Ok(())
-    };
-    tokio::time::timeout(SETUP_TIMEOUT, all_ready)
-        .await
-        .with_context(|| {
-            format!(
-                "{} clients not ready within {SETUP_TIMEOUT:?}",
-                args.clients
-            )
-        })??;
+    crate::conn::all_ready(&mut ready_rx, args.clients, "clients", SETUP_TIMEOUT).await?;
 
     let start = Instant::now();
     go_tx.send_replace(Some(start));
