@@ -387,3 +387,25 @@ async fn shutdown_sends_a_notice_to_every_client_and_closes() {
     }
     server.join().await;
 }
+
+#[tokio::test]
+async fn ipv6_loopback_serves_like_ipv4() {
+    // Machines without IPv6 cannot run this; say so rather than pass silently.
+    let listener = match tokio::net::TcpListener::bind("[::1]:0").await {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("SKIPPED ipv6_loopback_serves_like_ipv4: cannot bind [::1]:0 ({e})");
+            return;
+        }
+    };
+    let addr = listener.local_addr().expect("local addr");
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(chat_srv::run(listener, Config::default(), async move {
+        let _ = rx.await;
+    }));
+    let mut c = Client::connect(addr).await;
+    assert_eq!(c.ask("over ipv6").await, "over ipv6,你好");
+    let _ = tx.send(());
+    let res = tokio::time::timeout(WAIT, server).await.expect("stops");
+    res.expect("no panic").expect("run returns Ok");
+}
