@@ -44,7 +44,15 @@ pub async fn upload(
                 "server closed the connection instead of replying (size too large?)".into(),
             ))
         }
-        Ok(Ok(_)) => {}
+        // up-srv with --token cannot authorise this form and says so with a
+        // reason line instead of its reply; any other reply means go ahead.
+        Ok(Ok(n)) => {
+            if let Some(reason) = reply[..n].strip_prefix(b"refused: ") {
+                return Err(ClientError::Refused(
+                    String::from_utf8_lossy(reason).trim_end().to_string(),
+                ));
+            }
+        }
         Ok(Err(e)) => return Err(broken(e.to_string())),
     }
     reporter.file_started(job, 0);

@@ -84,6 +84,24 @@ fn legacy_mode_talks_to_the_legacy_form_of_up_srv() {
 }
 
 #[test]
+fn legacy_mode_reports_the_refusal_of_a_server_with_a_token() {
+    let server = start_server_with(|c| c.token = Some("s3cret".into()));
+    let src = tempfile::tempdir().expect("tempdir");
+    std::fs::write(src.path().join("photo.jpg"), data(1000, 3)).expect("write");
+    let run = up_cli(
+        src.path(),
+        &["--legacy", "-p", &port(&server), "photo.jpg"],
+        &[],
+    );
+    assert_ne!(run.code, Some(0), "stderr: {}", run.stderr);
+    assert!(run.stderr.contains("requires a token"), "{}", run.stderr);
+    assert!(std::fs::read_dir(&server.dir)
+        .expect("list upload dir")
+        .flatten()
+        .all(|e| e.file_name() == up_srv::storage::PARTIAL_DIR));
+}
+
+#[test]
 fn refused_file_exits_1_with_a_clear_line_and_the_rest_still_go() {
     let server = start_server_with(|c| c.max_size = 1000);
     let src = tempfile::tempdir().expect("tempdir");

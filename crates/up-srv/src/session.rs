@@ -363,7 +363,6 @@ impl Conn<'_> {
             expected,
             file,
             hasher,
-            shared.storage.fsync(),
             &shared.cancel,
             config.idle_timeout,
         )
@@ -553,7 +552,6 @@ impl Conn<'_> {
             size,
             file,
             Sha256::new(),
-            shared.storage.fsync(),
             &shared.cancel,
             config.idle_timeout,
         )

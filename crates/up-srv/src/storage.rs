@@ -307,11 +307,6 @@ impl Storage {
         })
     }
 
-    /// True when completed uploads are fsynced (not `--no-fsync`).
-    pub fn fsync(&self) -> bool {
-        self.fsync
-    }
-
     /// The upload dir as given.
     pub fn root(&self) -> &Path {
         &self.root
