@@ -216,6 +216,10 @@ pub enum RefusalCode {
     ShuttingDown,
     /// 32: the connection was idle for too long.
     IdleTimeout,
+    /// 33: a control message took longer than the server's header timeout.
+    HeaderTooSlow,
+    /// 34: the body arrived below the server's minimum rate; the partial is kept.
+    BodyTooSlow,
     /// Any other code.
     Other(u16),
 }
@@ -237,6 +241,8 @@ impl RefusalCode {
             Self::StorageError => 30,
             Self::ShuttingDown => 31,
             Self::IdleTimeout => 32,
+            Self::HeaderTooSlow => 33,
+            Self::BodyTooSlow => 34,
             Self::Other(c) => c,
         }
     }
@@ -257,6 +263,8 @@ impl RefusalCode {
             30 => Self::StorageError,
             31 => Self::ShuttingDown,
             32 => Self::IdleTimeout,
+            33 => Self::HeaderTooSlow,
+            34 => Self::BodyTooSlow,
             c => Self::Other(c),
         }
     }
@@ -277,6 +285,8 @@ impl RefusalCode {
             Self::StorageError => "storage error",
             Self::ShuttingDown => "shutting down",
             Self::IdleTimeout => "idle timeout",
+            Self::HeaderTooSlow => "header too slow",
+            Self::BodyTooSlow => "too slow",
             Self::Other(_) => "refused",
         }
     }

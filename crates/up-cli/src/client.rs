@@ -216,7 +216,11 @@ async fn upload_one(
         Ok(ServerMessage::Refuse { code, reason }) => {
             let keep = !matches!(
                 code,
-                RefusalCode::BadMessage | RefusalCode::ShuttingDown | RefusalCode::IdleTimeout
+                RefusalCode::BadMessage
+                    | RefusalCode::ShuttingDown
+                    | RefusalCode::IdleTimeout
+                    | RefusalCode::HeaderTooSlow
+                    | RefusalCode::BodyTooSlow
             );
             return Ok(failed(
                 job,

@@ -41,7 +41,8 @@ struct Args {
     /// no name, no verification, nothing on stdout
     #[arg(long)]
     legacy: bool,
-    /// Limit the upload rate to this many bytes per second (suffixes K, M, G)
+    /// Limit the upload rate to this many bytes per second (suffixes K, M, G); the server
+    /// may end uploads slower than its --min-rate (1 KiB/s by default; resume by rerunning)
     #[arg(long, value_name = "BYTES_PER_SEC", value_parser = parse_rate)]
     limit_rate: Option<u64>,
     /// Testing aid: send this many body bytes, then drop the connection and exit 1

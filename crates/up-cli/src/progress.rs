@@ -6,10 +6,11 @@
 //! given, so `up-cli ... | sha256sum -c` sees nothing but checksum lines.
 
 use std::io::{IsTerminal, Write};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::client::human_bytes;
 use crate::{FileJob, Outcome, Reporter};
 
 /// Terminal reporter; counts what happened for the summary and exit code.
@@ -89,20 +90,45 @@ impl Console {
         if self.quiet {
             return;
         }
-        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
-        let mib = self.stored_bytes as f64 / (1024.0 * 1024.0);
-        let files = if self.stored == 1 { "file" } else { "files" };
-        let verdict = if self.failed == 0 {
-            "all verified".to_string()
-        } else {
-            format!("{} failed", self.failed)
-        };
         eprintln!(
-            "{} {files}, {mib:.1} MiB in {secs:.1} s ({:.1} MiB/s), {verdict}",
-            self.stored,
-            mib / secs
+            "{}",
+            summary_line(
+                self.stored,
+                self.stored_bytes,
+                self.started.elapsed(),
+                self.failed
+            )
         );
     }
+}
+
+/// The final summary, in units that fit: `1 file, 12 B in 3 ms (4.0 KiB/s),
+/// all verified`. The rate is left out when too little time passed for it
+/// to mean anything.
+pub fn summary_line(stored: usize, bytes: u64, elapsed: Duration, failed: usize) -> String {
+    let files = if stored == 1 { "file" } else { "files" };
+    let took = if elapsed < Duration::from_millis(1) {
+        "<1 ms".to_string()
+    } else if elapsed < Duration::from_secs(1) {
+        format!("{} ms", elapsed.as_millis())
+    } else {
+        format!("{:.1} s", elapsed.as_secs_f64())
+    };
+    let rate = if elapsed < Duration::from_millis(1) {
+        String::new()
+    } else {
+        let per_sec = bytes as f64 / elapsed.as_secs_f64();
+        format!(" ({}/s)", human_bytes(per_sec as u64))
+    };
+    let verdict = if failed == 0 {
+        "all verified".to_string()
+    } else {
+        format!("{failed} failed")
+    };
+    format!(
+        "{stored} {files}, {} in {took}{rate}, {verdict}",
+        human_bytes(bytes)
+    )
 }
 
 impl Reporter for Console {
@@ -168,5 +194,36 @@ impl Reporter for Console {
                 self.error(reason);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::summary_line;
+
+    #[test]
+    fn summary_uses_fitting_units() {
+        assert_eq!(
+            summary_line(1, 12, Duration::from_millis(3), 0),
+            "1 file, 12 B in 3 ms (3.9 KiB/s), all verified"
+        );
+        assert_eq!(
+            summary_line(2, 5 << 20, Duration::from_millis(2500), 0),
+            "2 files, 5.0 MiB in 2.5 s (2.0 MiB/s), all verified"
+        );
+        assert_eq!(
+            summary_line(1, 3 << 30, Duration::from_secs(3), 1),
+            "1 file, 3.0 GiB in 3.0 s (1.0 GiB/s), 1 failed"
+        );
+        assert_eq!(
+            summary_line(1, 1536, Duration::from_micros(200), 0),
+            "1 file, 1.5 KiB in <1 ms, all verified"
+        );
+        assert_eq!(
+            summary_line(0, 0, Duration::from_millis(999), 1),
+            "0 files, 0 B in 999 ms (0 B/s), 1 failed"
+        );
     }
 }

@@ -55,6 +55,11 @@ pub enum BodyEnd {
     Cancelled,
     /// No byte arrived within the idle timeout.
     IdleTimeout,
+    /// Fewer than the minimum rate's bytes arrived in one window.
+    TooSlow {
+        /// Bytes received in the window that fell short.
+        received: u64,
+    },
     /// Reading the socket failed.
     Read(io::Error),
     /// Writing the partial file failed.
@@ -70,6 +75,31 @@ pub struct Body {
     pub hasher: Sha256,
     /// Why reception ended.
     pub end: BodyEnd,
+}
+
+/// How slow a body may be. The idle timeout resets on every byte, so on its
+/// own a client dripping a byte every few seconds would hold an upload slot
+/// forever: at least `min_rate * window` bytes must also arrive in every
+/// `window`.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    /// Longest wait for any byte.
+    pub idle: Duration,
+    /// Required average rate in bytes per second; 0 disables the check.
+    pub min_rate: u64,
+    /// Length of each rate window.
+    pub window: Duration,
+}
+
+impl Pace {
+    /// Bytes a window must hold, or `None` when the check is off.
+    fn floor(self) -> Option<u64> {
+        if self.min_rate == 0 || self.window.is_zero() {
+            return None;
+        }
+        let need = u128::from(self.min_rate) * self.window.as_millis() / 1000;
+        Some(u64::try_from(need).unwrap_or(u64::MAX))
+    }
 }
 
 /// A filled buffer; `len` bytes are valid.
@@ -95,7 +125,7 @@ pub async fn receive(
     file: File,
     hasher: Sha256,
     cancel: &CancellationToken,
-    idle: Duration,
+    pace: Pace,
 ) -> Body {
     let (chunk_tx, chunk_rx) = mpsc::channel::<Chunk>(POOL_BUFFERS);
     let (free_tx, mut free_rx) = mpsc::channel::<Vec<u8>>(POOL_BUFFERS);
@@ -106,6 +136,9 @@ pub async fn receive(
     let mut allocated = 0usize;
     let mut starved = Duration::ZERO;
     let mut end = BodyEnd::Complete;
+    let floor = pace.floor();
+    let mut window_end = Instant::now() + pace.window;
+    let mut window_bytes = 0u64;
     while remaining > 0 {
         let mut buf = match free_rx.try_recv() {
             Ok(b) => b,
@@ -117,7 +150,11 @@ pub async fn receive(
                 let waited = Instant::now();
                 match free_rx.recv().await {
                     Some(b) => {
-                        starved += waited.elapsed();
+                        // Time lost to our own disk is not the client's: the
+                        // rate window pauses while we wait for a buffer.
+                        let lost = waited.elapsed();
+                        starved += lost;
+                        window_end += lost;
                         b
                     }
                     // The worker stopped early: its error is reported below.
@@ -131,6 +168,7 @@ pub async fn receive(
         let mut filled = pending.len().min(want);
         buf[..filled].copy_from_slice(&pending[..filled]);
         pending.advance(filled);
+        window_bytes += filled as u64;
         let mut stop = None;
         while filled < want {
             tokio::select! {
@@ -138,10 +176,21 @@ pub async fn receive(
                     stop = Some(BodyEnd::Cancelled);
                     break;
                 }
-                r = tokio::time::timeout(idle, stream.read(&mut buf[filled..want])) => match r {
+                () = tokio::time::sleep_until(window_end.into()), if floor.is_some() => {
+                    if floor.is_some_and(|f| window_bytes < f) {
+                        stop = Some(BodyEnd::TooSlow { received: window_bytes });
+                        break;
+                    }
+                    window_bytes = 0;
+                    window_end = Instant::now() + pace.window;
+                }
+                r = tokio::time::timeout(pace.idle, stream.read(&mut buf[filled..want])) => match r {
                     Err(_) => { stop = Some(BodyEnd::IdleTimeout); break; }
                     Ok(Ok(0)) => { stop = Some(BodyEnd::Disconnected); break; }
-                    Ok(Ok(n)) => filled += n,
+                    Ok(Ok(n)) => {
+                        filled += n;
+                        window_bytes += n as u64;
+                    }
                     Ok(Err(e)) => { stop = Some(BodyEnd::Read(e)); break; }
                 },
             }

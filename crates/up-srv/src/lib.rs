@@ -37,6 +37,17 @@ pub const DEFAULT_MAX_UPLOADS: usize = 64;
 /// Default `--idle-timeout`.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Default `--header-timeout`: a whole control frame (hello, offer, start,
+/// finish, the legacy size) must arrive within this long of its first byte.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default `--min-rate` in bytes per second (0 turns the check off).
+pub const DEFAULT_MIN_RATE: u64 = 1024;
+
+/// Window over which a body's average rate is checked against `--min-rate`:
+/// long enough that a brief network stall does not end an honest upload.
+pub const MIN_RATE_WINDOW: Duration = Duration::from_secs(30);
+
 /// Default `--partial-max-age`: 7 days.
 pub const DEFAULT_PARTIAL_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -53,6 +64,14 @@ pub struct Config {
     pub max_uploads: usize,
     /// A connection that sends nothing for this long is closed (partials kept).
     pub idle_timeout: Duration,
+    /// Deadline for one control frame, from its first byte to its last; the
+    /// idle timeout alone resets on every byte, so a drip would never end.
+    pub header_timeout: Duration,
+    /// A body receiving fewer than `min_rate * min_rate_window` bytes in any
+    /// window is ended (partial kept); 0 = no minimum.
+    pub min_rate: u64,
+    /// Length of the `min_rate` window; [`MIN_RATE_WINDOW`] outside tests.
+    pub min_rate_window: Duration,
     /// Shared token every binary client must present; `None` = open server.
     pub token: Option<String>,
     /// fsync data and directories; off only for benchmarks (a crash may lose
@@ -71,6 +90,9 @@ impl Config {
             max_size: DEFAULT_MAX_SIZE,
             max_uploads: DEFAULT_MAX_UPLOADS,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            min_rate: DEFAULT_MIN_RATE,
+            min_rate_window: MIN_RATE_WINDOW,
             token: None,
             fsync: true,
             partial_max_age: DEFAULT_PARTIAL_MAX_AGE,

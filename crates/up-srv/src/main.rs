@@ -42,6 +42,14 @@ struct Args {
     /// Close connections that send nothing for this many seconds (partials are kept)
     #[arg(long, default_value_t = up_srv::DEFAULT_IDLE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     idle_timeout: u64,
+    /// Close connections that take longer than this many seconds to send one control
+    /// message (hello, offer, start, finish, legacy size), however steadily they drip it
+    #[arg(long, value_name = "SECS", default_value_t = up_srv::DEFAULT_HEADER_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    header_timeout: u64,
+    /// End uploads whose body averages fewer than this many bytes per second over a
+    /// 30 s window (partials are kept for resume); 0 = no minimum
+    #[arg(long, value_name = "BYTES_PER_SEC", default_value_t = up_srv::DEFAULT_MIN_RATE)]
+    min_rate: u64,
     /// Shared token binary clients must present; legacy-form clients, which cannot send one, are then refused
     #[arg(long, env = "UP_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -85,6 +93,9 @@ fn serve(args: Args) -> anyhow::Result<()> {
         max_size: args.max_size,
         max_uploads: args.max_uploads as usize,
         idle_timeout: Duration::from_secs(args.idle_timeout),
+        header_timeout: Duration::from_secs(args.header_timeout),
+        min_rate: args.min_rate,
+        min_rate_window: up_srv::MIN_RATE_WINDOW,
         token: args.token.filter(|t| !t.is_empty()),
         fsync: !args.no_fsync,
         partial_max_age: Duration::from_secs(args.partial_max_age),

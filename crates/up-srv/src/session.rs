@@ -11,7 +11,10 @@
 //! The session owns the buffer the codec decodes from, so bytes read past a
 //! `Start` frame (or past the legacy size) are handed to [`body::receive`] as
 //! the body's first bytes. Timers live here, not in `proto`: the idle timeout
-//! on every read and the legacy pause that completes an unterminated size.
+//! on every read, the header deadline that runs from a control frame's first
+//! byte to its last (so a frame cannot be dripped forever), the body's
+//! minimum rate (in [`body::receive`]) and the legacy pause that completes an
+//! unterminated size.
 //! Errors end this connection only; they are logged with the peer address.
 
 use std::net::SocketAddr;
@@ -28,7 +31,7 @@ use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
 use tracing::{debug, info, warn};
 
-use crate::body::{self, BodyEnd};
+use crate::body::{self, BodyEnd, Pace};
 use crate::server::Shared;
 use crate::storage::{validate_name, PartialUpload, StorageError};
 
@@ -61,6 +64,10 @@ enum Stop {
     Cancelled,
     /// The peer sent nothing for the idle timeout.
     Idle,
+    /// A control frame was not complete within the header timeout.
+    HeaderSlow,
+    /// The body arrived below the minimum rate; the reason is logged.
+    TooSlow(String),
     /// Any other reason, already worth a log line.
     Failed(String),
 }
@@ -70,6 +77,9 @@ struct Conn<'a> {
     peer: SocketAddr,
     buf: BytesMut,
     shared: &'a Shared,
+    /// When the control frame being received must be complete; set at its
+    /// first byte, cleared once it decodes.
+    frame_deadline: Option<tokio::time::Instant>,
 }
 
 /// Serves one connection to its end; never returns an error to the accept loop.
@@ -80,6 +90,7 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
         peer,
         buf: BytesMut::with_capacity(CONTROL_BUF),
         shared,
+        frame_deadline: None,
     };
     let result = match conn.detect().await {
         Ok(Form::Legacy) => conn.legacy().await,
@@ -95,23 +106,49 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
         Err(Stop::Idle) => {
             info!(%peer, "connection idle for {:?}, closed", shared.config.idle_timeout)
         }
+        Err(Stop::HeaderSlow) => info!(
+            %peer,
+            "control message not complete within {:?} of its first byte, closed",
+            shared.config.header_timeout
+        ),
+        Err(Stop::TooSlow(why)) => info!(%peer, "upload too slow, closed: {why}"),
         Err(Stop::Failed(why)) => warn!(%peer, "connection ended: {why}"),
     }
 }
 
 impl Conn<'_> {
+    /// Starts the header deadline if a control frame has begun arriving.
+    fn mark_frame_start(&mut self) {
+        if self.frame_deadline.is_none() && !self.buf.is_empty() {
+            self.frame_deadline =
+                Some(tokio::time::Instant::now() + self.shared.config.header_timeout);
+        }
+    }
+
+    /// Completes at the header deadline; never while no frame is under way.
+    async fn frame_overdue(deadline: Option<tokio::time::Instant>) {
+        match deadline {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    }
+
     /// Reads more bytes into the buffer; `Ok(false)` on EOF.
     async fn fill(&mut self) -> Result<bool, Stop> {
         let idle = self.shared.config.idle_timeout;
-        tokio::select! {
+        let deadline = self.frame_deadline;
+        let result = tokio::select! {
             _ = self.shared.cancel.cancelled() => Err(Stop::Cancelled),
+            () = Self::frame_overdue(deadline) => Err(Stop::HeaderSlow),
             r = tokio::time::timeout(idle, self.stream.read_buf(&mut self.buf)) => match r {
                 Err(_) => Err(Stop::Idle),
                 Ok(Ok(0)) => Ok(false),
                 Ok(Ok(_)) => Ok(true),
                 Ok(Err(e)) => Err(Stop::Failed(format!("read failed: {e}"))),
             },
-        }
+        };
+        self.mark_frame_start();
+        result
     }
 
     async fn detect(&mut self) -> Result<Form, Stop> {
@@ -163,15 +200,31 @@ impl Conn<'_> {
     /// Reads the next client message; `Err(Stop::Closed)` at a clean EOF.
     async fn read_message(&mut self) -> Result<ClientMessage, Stop> {
         loop {
+            self.mark_frame_start();
             match ServerCodec.decode(&mut self.buf) {
-                Ok(Some(msg)) => return Ok(msg),
+                Ok(Some(msg)) => {
+                    self.frame_deadline = None;
+                    return Ok(msg);
+                }
                 Ok(None) => {}
                 Err(e) => {
                     self.refuse(RefusalCode::BadMessage, e.to_string()).await;
                     return Err(Stop::Failed(format!("bad message: {e}")));
                 }
             }
-            if !self.fill().await? {
+            let more = match self.fill().await {
+                Err(Stop::HeaderSlow) => {
+                    let took = self.shared.config.header_timeout;
+                    self.refuse(
+                        RefusalCode::HeaderTooSlow,
+                        format!("message not complete within {took:?} of its first byte"),
+                    )
+                    .await;
+                    return Err(Stop::HeaderSlow);
+                }
+                other => other?,
+            };
+            if !more {
                 if self.buf.is_empty() {
                     return Err(Stop::Closed);
                 }
@@ -364,7 +417,11 @@ impl Conn<'_> {
             file,
             hasher,
             &shared.cancel,
-            config.idle_timeout,
+            Pace {
+                idle: config.idle_timeout,
+                min_rate: config.min_rate,
+                window: config.min_rate_window,
+            },
         )
         .await;
         partial.add_len(received.written);
@@ -389,6 +446,14 @@ impl Conn<'_> {
                 )
                 .await;
                 Some(Stop::Idle)
+            }
+            BodyEnd::TooSlow { received } => {
+                let reason = format!(
+                    "only {received} bytes in {:?}, below the server's minimum of {} bytes/s; {kept}",
+                    config.min_rate_window, config.min_rate
+                );
+                self.refuse(RefusalCode::BodyTooSlow, reason.clone()).await;
+                Some(Stop::TooSlow(reason))
             }
             BodyEnd::Read(e) => Some(Stop::Failed(format!("read failed mid-body: {e}; {kept}"))),
             BodyEnd::Write(e) => {
@@ -476,8 +541,12 @@ impl Conn<'_> {
                 Ok(None) => {}
                 Err(e) => return Err(Stop::Failed(format!("legacy header: {e}"))),
             }
+            // No refusal message exists in the legacy form: past the
+            // deadline the connection is simply closed.
+            let deadline = self.frame_deadline;
             let more = tokio::select! {
                 _ = shared.cancel.cancelled() => return Err(Stop::Cancelled),
+                () = Self::frame_overdue(deadline) => return Err(Stop::HeaderSlow),
                 r = tokio::time::timeout(LEGACY_PAUSE, self.stream.read_buf(&mut self.buf)) => r,
             };
             match more {
@@ -495,6 +564,7 @@ impl Conn<'_> {
             }
         };
         bytes::Buf::advance(&mut self.buf, consumed);
+        self.frame_deadline = None;
         if config.token.is_some() {
             // Nothing is opened or written: the reason takes the place of the
             // reply, and the drain keeps the close from resetting it away.
@@ -553,7 +623,11 @@ impl Conn<'_> {
             file,
             Sha256::new(),
             &shared.cancel,
-            config.idle_timeout,
+            Pace {
+                idle: config.idle_timeout,
+                min_rate: config.min_rate,
+                window: config.min_rate_window,
+            },
         )
         .await;
         partial.add_len(received.written);
@@ -565,6 +639,10 @@ impl Conn<'_> {
             ))),
             BodyEnd::Cancelled => Some(Stop::Cancelled),
             BodyEnd::IdleTimeout => Some(Stop::Idle),
+            BodyEnd::TooSlow { received } => Some(Stop::TooSlow(format!(
+                "legacy client sent {received} bytes in {:?}, below {} bytes/s; discarded",
+                config.min_rate_window, config.min_rate
+            ))),
             BodyEnd::Read(e) => Some(Stop::Failed(format!("read failed: {e}"))),
             BodyEnd::Write(e) => Some(Stop::Failed(format!("write failed: {e}"))),
         };

@@ -269,6 +269,8 @@ fn refusal_codes_round_trip() {
         assert_eq!(RefusalCode::from_u16(v).to_u16(), v);
     }
     assert_eq!(RefusalCode::Busy.label(), "busy");
+    assert_eq!(RefusalCode::from_u16(33), RefusalCode::HeaderTooSlow);
+    assert_eq!(RefusalCode::from_u16(34), RefusalCode::BodyTooSlow);
 }
 
 #[test]
