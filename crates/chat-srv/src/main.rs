@@ -80,8 +80,18 @@ fn serve(args: Args) -> anyhow::Result<()> {
         0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
         n => n,
     };
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
+    // One thread gets the single-threaded scheduler: its run queue is FIFO, so
+    // with a thousand busy clients none waits behind the others' turns (the
+    // multi-threaded scheduler's overflow queue, visited once every few dozen
+    // tasks, let some wait a hundred times longer than the median).
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(threads);
+        builder
+    };
+    builder
         .enable_all()
         .build()
         .context("starting the async runtime")?
