@@ -513,7 +513,8 @@ async fn disk_full_fails_with_a_clear_error_and_removes_the_partial() {
     assert!(reason.contains("free"), "{reason}");
 
     // Two uploads that each fit but not together: both are accepted while
-    // the disk is empty, then the writes run it out of space.
+    // the disk is empty, then the writes run it out of space. Any upload
+    // stored is complete and verified; any that failed says the disk is full.
     let a = data(1_200_000, 1);
     let b = data(1_200_000, 2);
     let mut ca = Client::connect(server.addr).await;
@@ -551,7 +552,12 @@ async fn disk_full_fails_with_a_clear_error_and_removes_the_partial() {
             Some(other) => panic!("{name}: unexpected {other:?}"),
         }
     }
-    assert_eq!(failed, 1, "exactly one upload cannot fit");
+    // Together they cannot fit, so at least one fails; when their writes
+    // interleave, both may run out of space, and both must say so.
+    assert!(
+        failed >= 1,
+        "two uploads larger than the disk both succeeded"
+    );
     // The failed upload's partial is removed, so the space comes back. The
     // session may still be closing, so allow it a moment.
     let deadline = Instant::now() + Duration::from_secs(5);
