@@ -92,6 +92,15 @@ pub struct Pace {
 }
 
 impl Pace {
+    /// The pace the server's configuration asks of every body.
+    pub fn of(config: &crate::Config) -> Pace {
+        Pace {
+            idle: config.idle_timeout,
+            min_rate: config.min_rate,
+            window: config.min_rate_window,
+        }
+    }
+
     /// Bytes a window must hold, or `None` when the check is off.
     fn floor(self) -> Option<u64> {
         if self.min_rate == 0 || self.window.is_zero() {

@@ -417,11 +417,7 @@ impl Conn<'_> {
             file,
             hasher,
             &shared.cancel,
-            Pace {
-                idle: config.idle_timeout,
-                min_rate: config.min_rate,
-                window: config.min_rate_window,
-            },
+            Pace::of(config),
         )
         .await;
         partial.add_len(received.written);
@@ -623,11 +619,7 @@ impl Conn<'_> {
             file,
             Sha256::new(),
             &shared.cancel,
-            Pace {
-                idle: config.idle_timeout,
-                min_rate: config.min_rate,
-                window: config.min_rate_window,
-            },
+            Pace::of(config),
         )
         .await;
         partial.add_len(received.written);
