@@ -17,7 +17,19 @@ use up_cli::{Options, Reporter};
 /// Prints one "<sha256>  <name>" line per stored file (names relative to the
 /// server's upload dir), so `cd uploads && up-cli ... | sha256sum -c` checks them.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(
+    version,
+    about,
+    long_about = None,
+    after_help = "Examples:\n  \
+    up-cli photo.jpg notes.pdf             upload two files to 127.0.0.1:9998\n  \
+    up-cli -r holiday/                     a directory, keeping relative paths\n  \
+    up-cli --host ::1 -p 9000 big.iso      another server (IPv6 loopback)\n  \
+    up-cli --limit-rate 1M big.iso         throttle to 1 MiB/s; rerun to resume if cut\n  \
+    up-cli --legacy photo.jpg              the original tutorial's protocol\n  \
+    cd uploads && up-cli ../a.jpg | sha256sum -c   check the stored copy (same host)\n\n\
+    Exit codes: 0 every file stored and verified, 1 any failure, 2 usage error."
+)]
 struct Args {
     /// Files (and with -r directories) to upload
     #[arg(required = true, value_name = "PATH")]

@@ -19,7 +19,18 @@ use tokio::net::TcpListener;
 /// Speaks the binary upload protocol of up-cli and the original tutorial's
 /// legacy form (size as text, reply "1001", raw bytes; stored as new.jpg).
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(
+    version,
+    about,
+    long_about = None,
+    after_help = "Examples:\n  \
+    up-srv                                  listen on 127.0.0.1:9998, store into ./uploads\n  \
+    up-srv -d /srv/uploads --token s3cret   require a shared token (or set UP_TOKEN)\n  \
+    up-srv -b ::1 -p 9000 --max-size 2G     IPv6 loopback, files up to 2 GiB\n  \
+    RUST_LOG=debug up-srv                   verbose logs\n\n\
+    Send files with `up-cli FILE...`; the original tutorial client works unmodified.\n\
+    Exit codes: 0 clean shutdown (SIGINT/SIGTERM), 1 runtime error, 2 usage error."
+)]
 struct Args {
     /// Address to listen on (a non-loopback address without --token warns at start)
     #[arg(short, long, default_value = "127.0.0.1")]
