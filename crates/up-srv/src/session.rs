@@ -197,6 +197,17 @@ impl Conn<'_> {
         }
     }
 
+    /// Logs a failure of the server's own storage and refuses the current
+    /// file with code 30; the client learns only that the server failed.
+    async fn refuse_storage(&mut self, name: &str, e: &(dyn std::fmt::Display + Sync)) {
+        warn!(peer = %self.peer, "{name}: {e}");
+        self.refuse(
+            RefusalCode::StorageError,
+            format!("{name}: server storage error"),
+        )
+        .await;
+    }
+
     /// Reads the next client message; `Err(Stop::Closed)` at a clean EOF.
     async fn read_message(&mut self) -> Result<ClientMessage, Stop> {
         loop {
@@ -339,12 +350,7 @@ impl Conn<'_> {
         let (mut partial, mut hasher) = match opened {
             Ok(v) => v,
             Err(e) => {
-                warn!(peer = %self.peer, "{e}");
-                self.refuse(
-                    RefusalCode::StorageError,
-                    format!("{name}: server storage error"),
-                )
-                .await;
+                self.refuse_storage(&name, &e).await;
                 return Ok(());
             }
         };
@@ -382,12 +388,7 @@ impl Conn<'_> {
         };
         if start != offset {
             if let Err(e) = blocking(|| partial.restart()).await {
-                warn!(peer = %self.peer, "{e}");
-                self.refuse(
-                    RefusalCode::StorageError,
-                    format!("{name}: server storage error"),
-                )
-                .await;
+                self.refuse_storage(&name, &e).await;
                 return Err(Stop::Failed(e.to_string()));
             }
             hasher = Sha256::new();
@@ -401,12 +402,7 @@ impl Conn<'_> {
         let file = match partial.append_handle() {
             Ok(f) => f,
             Err(e) => {
-                warn!(peer = %self.peer, "{e}");
-                self.refuse(
-                    RefusalCode::StorageError,
-                    format!("{name}: server storage error"),
-                )
-                .await;
+                self.refuse_storage(&name, &e).await;
                 return Err(Stop::Failed(e.to_string()));
             }
         };
