@@ -313,26 +313,12 @@ impl Bins {
 
     /// An `up-cli` command aimed at `addr`.
     pub fn up_cli(&self, addr: SocketAddr) -> Command {
-        let mut cmd = Command::new(&self.up_cli);
-        cmd.args([
-            "--host",
-            &addr.ip().to_string(),
-            "-p",
-            &addr.port().to_string(),
-        ]);
-        cmd
+        client_command(&self.up_cli, addr)
     }
 
     /// A `chat-cli` command aimed at `addr`.
     pub fn chat_cli(&self, addr: SocketAddr) -> Command {
-        let mut cmd = Command::new(&self.chat_cli);
-        cmd.args([
-            "--host",
-            &addr.ip().to_string(),
-            "-p",
-            &addr.port().to_string(),
-        ]);
-        cmd
+        client_command(&self.chat_cli, addr)
     }
 }
 
@@ -350,4 +336,17 @@ fn start_logged(name: &str, mut cmd: Command, addr: SocketAddr, log: &Path) -> R
             fs::read_to_string(log).unwrap_or_default().trim_end()
         )
     })
+}
+
+/// A client binary's command with `--host` and `-p` set to `addr` (both clients
+/// take the same two flags).
+fn client_command(program: &Path, addr: SocketAddr) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.args([
+        "--host",
+        &addr.ip().to_string(),
+        "-p",
+        &addr.port().to_string(),
+    ]);
+    cmd
 }

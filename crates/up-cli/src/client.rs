@@ -138,6 +138,16 @@ fn failed(job: &FileJob, reason: impl std::fmt::Display, keep_connection: bool) 
     }
 }
 
+/// A failure reading the local file mid-upload: the server waits for body
+/// bytes that will not come, so the connection is dropped.
+fn local_failure(job: &FileJob, reason: String) -> FileResult {
+    let error = ClientError::Local {
+        path: job.path.display().to_string(),
+        reason,
+    };
+    failed(job, error, false)
+}
+
 /// What [`upload_all`] did.
 #[derive(Debug)]
 pub struct Report {
@@ -260,14 +270,7 @@ async fn upload_one(
         Ok((file, hasher)) => (file, hasher, 0),
         Err(reason) => {
             // The server waits for a start we cannot honour: drop the connection.
-            return Ok(failed(
-                job,
-                ClientError::Local {
-                    path: job.path.display().to_string(),
-                    reason,
-                },
-                false,
-            ));
+            return Ok(local_failure(job, reason));
         }
     };
     if let Err(e) = conn.send(ClientMessage::Start { offset: start }).await {
@@ -291,14 +294,7 @@ async fn upload_one(
             return Err(ClientError::Aborted(n));
         }
         Err(SendError::Local(reason)) => {
-            return Ok(failed(
-                job,
-                ClientError::Local {
-                    path: job.path.display().to_string(),
-                    reason,
-                },
-                false,
-            ));
+            return Ok(local_failure(job, reason));
         }
         Err(SendError::Write(e)) => {
             let fallback = conn.broken(e.to_string());
