@@ -17,6 +17,7 @@
 //! - [`soak`]: `cargo xtask soak`, the hardening tests at full size (and fuzzing).
 //! - [`clients`]: std `TcpStream` clients speaking the chat lines and the legacy upload.
 //! - [`images`]: deterministic JPEG and PNG files for the upload checks.
+//! - [`install`]: finding (or installing) the outside programs xtask drives.
 //! - [`verify`]: SHA-256 of files and `up-cli`'s `<sha256>  <name>` lines.
 //! - `tidy` (tests only): repository rules that `cargo test --workspace` enforces.
 
@@ -26,6 +27,7 @@ mod clients;
 mod demo;
 mod e2e;
 mod images;
+mod install;
 mod serve;
 mod service;
 mod soak;

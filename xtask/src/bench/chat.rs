@@ -5,8 +5,8 @@
 //! starts the servers, runs `loadgen` modes, and reads the servers' memory.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -38,7 +38,7 @@ pub struct Plan {
 /// Runs every chat case.
 pub fn run(bin: &Path, plan: &Plan) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
-    let redis = redis_server();
+    let redis = crate::install::tool("redis-server", "redis-server", "the redis baseline");
     let chat = start_chat(bin)?;
     let redis_service = match &redis {
         Ok(path) => Some(start_redis(path)?),
@@ -315,48 +315,6 @@ fn start_redis(path: &Path) -> Result<Service> {
     .stdout(Stdio::null())
     .stderr(Stdio::null());
     Service::start("redis-server", cmd, addr)
-}
-
-/// Finds `redis-server`, installing it with apt-get when missing and running as
-/// root; the error is the reason the redis baselines are skipped.
-fn redis_server() -> Result<PathBuf, String> {
-    if let Some(path) = on_path("redis-server") {
-        return Ok(path);
-    }
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    if !root || on_path("apt-get").is_none() {
-        return Err("redis-server not available (install it to get the baseline)".to_owned());
-    }
-    eprintln!("bench: installing redis-server for the baseline (apt-get)");
-    let install = || {
-        Command::new("apt-get")
-            .args(["install", "-y", "-q", "redis-server"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !install() {
-        let _ = Command::new("apt-get")
-            .args(["update", "-q"])
-            .stdout(Stdio::null())
-            .status();
-        if !install() {
-            return Err("redis-server not available (apt-get install failed)".to_owned());
-        }
-    }
-    on_path("redis-server").ok_or_else(|| "redis-server not available after install".to_owned())
-}
-
-fn on_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|dir| Path::new(dir).join(name))
-        .find(|p| p.is_file())
 }
 
 /// Runs `loadgen args..` (open-file limit raised) and returns its result line.
