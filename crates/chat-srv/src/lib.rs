@@ -13,7 +13,9 @@
 //!   limits, the bounded outgoing queue.
 //! - `commands`: what each client line does (`/nick`, `/join`, messages…).
 //! - `room`: the shared registry of rooms and nicknames.
+//! - [`cluster`]: several servers as one chat through Redis (`--redis`).
 
+pub mod cluster;
 mod commands;
 mod room;
 mod server;
