@@ -17,6 +17,8 @@
 //! Files live under `target/e2e/`: `uploads/` (fresh each run), `files/`, `images/` and
 //! the server logs `chat-srv.log` / `up-srv.log`, which failures point to.
 
+pub mod cluster;
+
 use std::fmt::Write as _;
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
