@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use proto::chat::{ChatCodec, ClientLine, DecodedLine, ServerLine};
+use proto::chat::{check_text, ChatCodec, ClientLine, DecodedLine, ServerLine};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
@@ -118,6 +118,12 @@ impl Session {
                 return false;
             }
         };
+        // Nothing that could act on another member's terminal is relayed:
+        // the whole line is refused, so no byte of it reaches anyone.
+        if let Err(e) = check_text(&line) {
+            ServerLine::Error(&e.to_string()).encode(out);
+            return false;
+        }
         match ClientLine::parse(&line) {
             Ok(ClientLine::Empty) => false,
             Ok(ClientLine::Quit) => true,

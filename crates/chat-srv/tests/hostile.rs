@@ -451,3 +451,37 @@ async fn rooms_under_load_with_churn_lose_and_reorder_nothing() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn forged_notice_with_control_characters_relays_nothing() {
+    let server = start_server().await;
+    let mut mallory = Client::connect(server.addr).await;
+    let mut bob = Client::connect(server.addr).await;
+    // Mallory hears bob arrive; bob's lines from now on are what he sees.
+    until_prefix(&mut mallory, "* ").await;
+    let attacks: [&[u8]; 6] = [
+        b"hi\r\x1b[2K* mallory left\n",
+        b"\x1b]0;pwned\x07title\n",
+        b"bell\x07\n",
+        "c1 \u{9b}31m red\n".as_bytes(),
+        "bidi \u{202e}txt.exe\n".as_bytes(),
+        b"/msg guest-2 \x1b[31mred\n",
+    ];
+    for attack in attacks {
+        mallory.send_raw(attack).await;
+        let answer = mallory.line().await;
+        assert!(
+            answer.starts_with("! line refused: it holds the control character U+"),
+            "{answer:?}"
+        );
+    }
+    // A nick with an escape is refused the same way, before the name rule.
+    mallory.send_raw(b"/nick \x1bx\n").await;
+    assert!(mallory.line().await.starts_with("! line refused"));
+    // A tab is text, and the next thing bob sees is this plain line: none of
+    // the attacks reached him.
+    assert_eq!(mallory.ask("plain\ttext").await, "plain\ttext,你好");
+    let seen = bob.line().await;
+    assert!(seen.ends_with(": plain\ttext"), "{seen:?}");
+    server.stop().await;
+}

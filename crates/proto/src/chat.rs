@@ -51,6 +51,46 @@ pub const MAX_ROOM_LEN: usize = 32;
 /// Nicknames starting with this prefix are assigned by the server only.
 pub const GUEST_PREFIX: &str = "guest-";
 
+/// True for a character that may never reach a terminal through the chat:
+/// a C0 control other than TAB (so also a lone `\r`), DEL, a C1 control
+/// (U+0080–U+009F), or a bidi embedding, override or isolate (U+202A–U+202E,
+/// U+2066–U+2069). Such characters can forge lines (`\r` then a fake
+/// notice), repaint the screen (escape sequences) or reorder what is shown.
+pub fn is_forbidden_char(c: char) -> bool {
+    matches!(c, '\0'..='\x08' | '\x0a'..='\x1f' | '\x7f' | '\u{80}'..='\u{9f}'
+        | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// A character refused because it could act on a terminal (see
+/// [`is_forbidden_char`]); the line holding it is not relayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("line refused: it holds the control character {}, which is not relayed (send plain text)", char_name(*.0))]
+pub struct ForbiddenChar(pub char);
+
+/// `U+001B (ESC)`-style name of a character, for error lines.
+fn char_name(c: char) -> String {
+    let short = match c {
+        '\0' => " (NUL)",
+        '\x07' => " (BEL)",
+        '\x08' => " (BS)",
+        '\r' => " (CR)",
+        '\x1b' => " (ESC)",
+        '\x7f' => " (DEL)",
+        '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' => " (bidi control)",
+        _ => "",
+    };
+    format!("U+{:04X}{short}", u32::from(c))
+}
+
+/// Checks that `text` holds nothing but text: returns the first forbidden
+/// character (see [`is_forbidden_char`]) as an error.
+pub fn check_text(text: &str) -> Result<(), ForbiddenChar> {
+    match text.chars().find(|&c| is_forbidden_char(c)) {
+        Some(c) => Err(ForbiddenChar(c)),
+        None => Ok(()),
+    }
+}
+
 /// A problem with one line; the stream itself stays usable.
 ///
 /// The codec reports these as items rather than errors because a
@@ -710,6 +750,29 @@ mod tests {
         assert!(validate_room("").is_err());
         assert!(validate_room("a b").is_err());
         assert!(validate_room(&"r".repeat(33)).is_err());
+    }
+
+    #[test]
+    fn control_and_bidi_characters_are_forbidden_and_text_is_not() {
+        for c in [
+            '\0', '\x07', '\r', '\x1b', '\x7f', '\u{85}', '\u{9b}', '\u{202e}', '\u{2066}',
+        ] {
+            assert!(is_forbidden_char(c), "{c:?}");
+        }
+        for c in ['\t', ' ', 'a', '你', '\u{a0}', '\u{200b}', '\u{2070}', '😀'] {
+            assert!(!is_forbidden_char(c), "{c:?}");
+        }
+        assert_eq!(check_text("tab\tand 你好"), Ok(()));
+        let forged = check_text("hi\r\x1b[2K* mallory left");
+        assert_eq!(forged, Err(ForbiddenChar('\r')));
+        assert_eq!(
+            forged.map_err(|e| e.to_string()),
+            Err(
+                "line refused: it holds the control character U+000D (CR), which is not \
+                 relayed (send plain text)"
+                    .into()
+            )
+        );
     }
 
     proptest! {
