@@ -42,7 +42,8 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long the bytes of an unterminated line may sit without a new byte
 /// arriving before they count as a complete line. This is what lets the
 /// legacy client, which sends bare text without a newline and then waits for
-/// the reply, work unmodified.
+/// the reply, work unmodified. It applies only to connections that have not
+/// yet sent a `\n`, and never ends a line inside a multi-byte character.
 pub const PARTIAL_LINE_PAUSE: Duration = Duration::from_millis(150);
 
 /// Join and leave notices are sent only in rooms of at most this many

@@ -278,7 +278,10 @@ async fn run_loop(
                         if quit {
                             break End::Quit;
                         }
-                        if codec.has_partial(&rbuf) {
+                        // The pause rule serves only clients that never end
+                        // lines with `\n` (the tutorial's): once one has, a
+                        // slow link must not cut its lines.
+                        if codec.has_partial(&rbuf) && !codec.has_seen_newline() {
                             if !pause_armed {
                                 pause.as_mut().reset(last_input + PARTIAL_LINE_PAUSE);
                                 pause_armed = true;
@@ -307,6 +310,11 @@ async fn run_loop(
                     pause.as_mut().reset(due);
                 } else {
                     pause_armed = false;
+                    // A pause inside a multi-byte character does not end the
+                    // line: the next read re-arms the timer.
+                    if codec.partial_ends_mid_char(&rbuf) {
+                        continue;
+                    }
                     if let Some(line) = codec.take_partial(&mut rbuf) {
                         if session.handle(line, &mut out) {
                             break End::Quit;

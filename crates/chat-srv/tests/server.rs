@@ -80,6 +80,36 @@ async fn legacy_lock_step_client_without_newlines_works_for_a_whole_session() {
     server.stop().await;
 }
 
+/// The pause is the input under test here, so these two tests sleep to
+/// make it: a gap longer than the pause rule's.
+const LONG_GAP: Duration = Duration::from_millis(200);
+
+#[tokio::test]
+async fn a_pause_inside_a_line_of_a_client_that_sent_a_newline_does_not_cut_it() {
+    assert!(LONG_GAP > chat_srv::PARTIAL_LINE_PAUSE);
+    let server = start_server().await;
+    let mut c = Client::connect(server.addr).await;
+    assert_eq!(c.ask("first").await, "first,你好");
+    c.send_raw(b"hel").await;
+    tokio::time::sleep(LONG_GAP).await;
+    c.send_raw(b"lo\n").await;
+    assert_eq!(c.line().await, "hello,你好");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_pause_inside_a_character_of_a_legacy_client_loses_nothing() {
+    let server = start_server().await;
+    let mut c = Client::connect(server.addr).await;
+    let ni = "你".as_bytes();
+    c.send_raw(&ni[..1]).await;
+    tokio::time::sleep(LONG_GAP).await;
+    c.send_raw(&ni[1..]).await;
+    // No newline ever: the pause after the whole character ends the line.
+    assert_eq!(c.line().await, "你,你好");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn unterminated_last_line_is_answered_at_end_of_stream() {
     let server = start_server().await;

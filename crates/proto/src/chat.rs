@@ -137,6 +137,9 @@ pub struct ChatCodec {
     next_index: usize,
     /// True while skipping the rest of an over-long line.
     discarding: bool,
+    /// True once any `\n` has been decoded: the peer frames its lines, so
+    /// the session's pause rule no longer applies to it.
+    seen_newline: bool,
 }
 
 impl ChatCodec {
@@ -146,7 +149,38 @@ impl ChatCodec {
             max_len,
             next_index: 0,
             discarding: false,
+            seen_newline: false,
         }
+    }
+
+    /// True once the peer has ended a line with `\n`. The legacy tutorial
+    /// client never does; a session applies its pause rule only until then,
+    /// so a line of a newline-speaking client is never cut by a slow link.
+    pub fn has_seen_newline(&self) -> bool {
+        self.seen_newline
+    }
+
+    /// True when the unterminated bytes in `buf` end inside a multi-byte
+    /// UTF-8 character (its first bytes arrived, the rest not yet): a pause
+    /// there must not complete the line, or the character would be lost.
+    pub fn partial_ends_mid_char(&self, buf: &BytesMut) -> bool {
+        if self.discarding {
+            return false;
+        }
+        // A character is at most 4 bytes: only the last 3 can be an
+        // unfinished one.
+        let tail = &buf[buf.len().saturating_sub(3)..];
+        for (i, &b) in tail.iter().enumerate().rev() {
+            let need = match b {
+                0xc0..=0xdf => 2,
+                0xe0..=0xef => 3,
+                0xf0..=0xf7 => 4,
+                0x80..=0xbf => continue,
+                _ => return false,
+            };
+            return tail.len() - i < need;
+        }
+        false
     }
 
     /// The maximum line length in bytes.
@@ -229,6 +263,7 @@ impl Decoder for ChatCodec {
             let newline = buf[start..].iter().position(|&b| b == b'\n');
             match (newline, self.discarding) {
                 (Some(i), true) => {
+                    self.seen_newline = true;
                     // The over-long line ends here; its error was already reported.
                     buf.advance(start + i + 1);
                     self.next_index = 0;
@@ -240,6 +275,7 @@ impl Decoder for ChatCodec {
                     return Ok(None);
                 }
                 (Some(i), false) => {
+                    self.seen_newline = true;
                     let end = start + i;
                     self.next_index = 0;
                     let line = self.finish_line(&buf[..end]);
@@ -641,6 +677,43 @@ mod tests {
             codec.take_partial(&mut buf),
             Some(Err(LineError::InvalidUtf8))
         );
+    }
+
+    #[test]
+    fn newline_is_remembered_for_the_pause_rule() {
+        let mut codec = ChatCodec::default();
+        let mut buf = BytesMut::from(&b"legacy"[..]);
+        assert_eq!(decode_all(&mut codec, &mut buf), vec![]);
+        assert!(!codec.has_seen_newline());
+        buf.extend_from_slice(b"\n");
+        assert_eq!(decode_all(&mut codec, &mut buf), vec![ok("legacy")]);
+        assert!(codec.has_seen_newline());
+    }
+
+    #[test]
+    fn partial_ending_inside_a_character_is_detected() {
+        let codec = ChatCodec::default();
+        let ni = "你".as_bytes();
+        let smile = "😀".as_bytes();
+        let cases: [(&[u8], bool); 9] = [
+            (b"", false),
+            (b"abc", false),
+            (&ni[..1], true),
+            (&ni[..2], true),
+            (ni, false),
+            (&smile[..3], true),
+            (smile, false),
+            (b"ab\xc3", true),
+            // A stray continuation byte is invalid, not unfinished.
+            (b"ab\x80", false),
+        ];
+        for (bytes, mid) in cases {
+            assert_eq!(
+                codec.partial_ends_mid_char(&BytesMut::from(bytes)),
+                mid,
+                "{bytes:?}"
+            );
+        }
     }
 
     #[test]
