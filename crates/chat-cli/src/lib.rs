@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
 /// Port chat-cli connects to unless told otherwise (chat-srv's default).
-pub const DEFAULT_PORT: u16 = 8888;
+pub const DEFAULT_PORT: u16 = proto::chat::DEFAULT_PORT;
 
 /// The prompt shown in interactive mode.
 pub const PROMPT: &str = "请输入您要发送的内容:";

@@ -6,16 +6,14 @@
 //! `SOAK=1` (set by `cargo xtask soak`) selects the full size of 2,000
 //! clients for 60 s with 50 churning clients. Waits are bounded.
 
-mod common;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::{start_server, start_with, Client, WAIT};
 use chat_srv::Config;
-use common::{start_server, start_with, Client, WAIT};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -83,6 +81,7 @@ async fn slowloris_one_byte_per_second_is_timed_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_garbage_connections_leave_a_good_client_served_in_time() {
+    let _heavy = crate::common::HEAVY.read().await;
     let server = start_server().await;
     let began = Instant::now();
     let mut c = Client::connect(server.addr).await;
@@ -233,7 +232,7 @@ async fn steady(
     let mut buf = Vec::new();
     assert_eq!(
         read_line(&mut r, &mut buf).await.as_deref(),
-        Some(common::WELCOME)
+        Some(crate::common::WELCOME)
     );
     let room = i % load.rooms;
     w.write_all(format!("/join room-{room}\n").as_bytes())
@@ -385,6 +384,7 @@ async fn until_prefix(c: &mut Client, prefix: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rooms_under_load_with_churn_lose_and_reorder_nothing() {
+    let _alone = crate::common::HEAVY.write().await;
     let load = Load::from_env();
     // Queues get room for scheduling hiccups of a loaded test machine: this
     // test is about loss and order, the slow-consumer rule has its own test.
