@@ -168,13 +168,15 @@ fn chat_reference(max_len: usize, reads: &[Read<'_>]) -> Vec<DecodedLine> {
 fn check_line_meaning(line: &str) {
     match ClientLine::parse(line) {
         Ok(ClientLine::Nick(nick)) => {
-            if chat::validate_nick(nick).is_ok() {
-                assert!(nick.len() <= chat::MAX_NICK_LEN && nick.is_ascii());
+            if let Ok(nfc) = chat::validate_nick(nick) {
+                assert!(nfc.chars().count() <= chat::MAX_NAME_CHARS);
+                assert!(chat::check_text(&nfc).is_ok());
             }
         }
         Ok(ClientLine::Join(room)) => {
             if let Ok(folded) = chat::validate_room(room) {
-                assert!(folded.len() <= chat::MAX_ROOM_LEN && folded.is_ascii());
+                assert!(chat::check_text(&folded).is_ok());
+                assert_eq!(chat::name_key(&folded), folded);
             }
         }
         Ok(ClientLine::Message(text)) => {
