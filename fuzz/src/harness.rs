@@ -259,7 +259,12 @@ fn reencode_client(msg: &ClientMessage) -> (Option<BytesMut>, BodyHint) {
         ClientMessage::Hello { token, .. } => (token.len() <= MAX_TOKEN_LEN, BodyHint::None),
         ClientMessage::Offer { name, size } => (name.len() <= MAX_NAME_LEN, BodyHint::Size(*size)),
         ClientMessage::Start { offset } => (true, BodyHint::Offset(*offset)),
-        ClientMessage::Finish { .. } => (true, BodyHint::None),
+        ClientMessage::Finish { .. } | ClientMessage::Skip | ClientMessage::Proceed => {
+            (true, BodyHint::None)
+        }
+        ClientMessage::List { prefix } => (prefix.len() <= MAX_NAME_LEN, BodyHint::None),
+        // The bytes after a get's start flow from the server: none follow here.
+        ClientMessage::Get { name } => (name.len() <= MAX_NAME_LEN, BodyHint::Size(0)),
     };
     (fits.then(|| encode(|out| msg.encode_into(out))), hint)
 }
@@ -267,9 +272,15 @@ fn reencode_client(msg: &ClientMessage) -> (Option<BytesMut>, BodyHint) {
 /// Re-encodes a server message when its fields are within the encoder's limits.
 fn reencode_server(msg: &ServerMessage) -> (Option<BytesMut>, BodyHint) {
     let fits = match msg {
-        ServerMessage::Stored { name, .. } => name.len() <= MAX_NAME_LEN,
+        ServerMessage::Stored { name, .. } | ServerMessage::Entry { name, .. } => {
+            name.len() <= MAX_NAME_LEN
+        }
         ServerMessage::Refuse { reason, .. } => reason.len() <= MAX_REASON_LEN,
-        ServerMessage::Welcome { .. } | ServerMessage::Accept { .. } => true,
+        ServerMessage::Welcome { .. }
+        | ServerMessage::Accept { .. }
+        | ServerMessage::Present { .. }
+        | ServerMessage::ListEnd { .. }
+        | ServerMessage::Sending { .. } => true,
     };
     (
         fits.then(|| encode(|out| msg.encode_into(out))),
