@@ -13,11 +13,15 @@
 //! the reply `X,你好`, a `+ ` line or a `! ` line). `main.rs` parses the flags
 //! and maps [`ClientError`] to an exit code.
 
+use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use proto::chat::{ChatCodec, ClientLine, ERROR_PREFIX, OK_PREFIX, REPLY_SUFFIX, WELCOME};
+use proto::chat::{
+    is_forbidden_char, ChatCodec, ClientLine, ERROR_PREFIX, OK_PREFIX, REPLY_SUFFIX, WELCOME,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -25,7 +29,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
 /// Port chat-cli connects to unless told otherwise (chat-srv's default).
-pub const DEFAULT_PORT: u16 = 8888;
+pub const DEFAULT_PORT: u16 = proto::chat::DEFAULT_PORT;
 
 /// The prompt shown in interactive mode.
 pub const PROMPT: &str = "请输入您要发送的内容:";
@@ -121,7 +125,7 @@ pub async fn run(opts: Options) -> Result<(), ClientError> {
         Some(line) if line == WELCOME => {}
         Some(line) if line.starts_with(ERROR_PREFIX) => {
             let reason = line.strip_prefix(ERROR_PREFIX).unwrap_or(&line);
-            return Err(ClientError::Refused(reason.to_owned()));
+            return Err(ClientError::Refused(escape_controls(reason).into_owned()));
         }
         other => {
             return Err(ClientError::NotChat {
@@ -225,9 +229,36 @@ async fn send(w: &mut OwnedWriteHalf, line: &str) -> Result<(), ClientError> {
     w.write_all(&bytes).await.map_err(|_| ClientError::Closed)
 }
 
-/// Prints one line to stdout (errors include a closed pipe, which the binary
-/// treats as success).
+/// `line` with every character that could act on a terminal (see
+/// [`proto::chat::is_forbidden_char`]) shown as a visible escape: C0
+/// controls and DEL in caret notation (`^[`, `^?`), C1 and bidi controls as
+/// `<U+202E>`. chat-srv never relays them; this keeps a hostile or foreign
+/// server from painting the terminal.
+pub fn escape_controls(line: &str) -> Cow<'_, str> {
+    if !line.chars().any(is_forbidden_char) {
+        return Cow::Borrowed(line);
+    }
+    let mut shown = String::with_capacity(line.len() + 8);
+    for c in line.chars() {
+        match c {
+            '\0'..='\x1f' if is_forbidden_char(c) => {
+                shown.push('^');
+                shown.push(char::from(b'@' + c as u8));
+            }
+            '\x7f' => shown.push_str("^?"),
+            c if is_forbidden_char(c) => {
+                let _ = write!(shown, "<U+{:04X}>", u32::from(c));
+            }
+            c => shown.push(c),
+        }
+    }
+    Cow::Owned(shown)
+}
+
+/// Prints one server line to stdout, escaped (errors include a closed pipe,
+/// which the binary treats as success).
 fn print(line: &str) -> Result<(), ClientError> {
+    let line = escape_controls(line);
     let mut out = std::io::stdout().lock();
     writeln!(out, "{line}")
         .and_then(|()| out.flush())
@@ -249,7 +280,7 @@ async fn one_message(
         // Room traffic that arrives before the answer is not ours to print.
         if is_answer(&expect, &line) {
             if let Some(error) = line.strip_prefix(ERROR_PREFIX) {
-                return Err(ClientError::Answer(error.to_owned()));
+                return Err(ClientError::Answer(escape_controls(error).into_owned()));
             }
             return print(&line);
         }
@@ -350,6 +381,7 @@ async fn interactive(
 ) -> Result<(), ClientError> {
     let fancy = std::io::stdout().is_terminal();
     let show = |line: &str| -> Result<(), ClientError> {
+        let line = escape_controls(line);
         let mut out = std::io::stdout().lock();
         let res = if fancy {
             // Clear the prompt line, print the room line, redraw the prompt;
@@ -402,4 +434,23 @@ fn show_prompt() -> Result<(), ClientError> {
     write!(out, "{PROMPT}")
         .and_then(|()| out.flush())
         .map_err(io("writing to stdout"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_from_the_server_are_shown_escaped() {
+        assert_eq!(escape_controls("plain\ttext 你好"), "plain\ttext 你好");
+        assert_eq!(
+            escape_controls("hi\r\x1b[2K* mallory left"),
+            "hi^M^[[2K* mallory left"
+        );
+        assert_eq!(escape_controls("\0\x07\x7f"), "^@^G^?");
+        assert_eq!(
+            escape_controls("\u{9b}31m \u{202e}exe"),
+            "<U+009B>31m <U+202E>exe"
+        );
+    }
 }

@@ -62,7 +62,7 @@ async fn message_flag_prints_only_the_reply() {
 async fn message_flag_with_a_refused_line_exits_1() {
     let server = start_server().await;
     let mut args = port_args(server.addr);
-    args.extend(["-m".into(), "/nick 9".into()]);
+    args.extend(["-m".into(), "/nick a:b".into()]);
     let out = run_cli(args, b"").await;
     assert_eq!(out.status.code(), Some(1));
     assert!(

@@ -6,9 +6,11 @@
 //!
 //! # Layout
 //! - [`chat`]: the newline-delimited chat line codec and its limits.
+//! - [`size`]: the one size grammar (`512K`, `10G`) and readable sizes.
 //! - [`upload`]: the versioned binary upload header, control messages and
 //!   legacy-form detection.
 #![deny(missing_docs)]
 
 pub mod chat;
+pub mod size;
 pub mod upload;

@@ -8,47 +8,35 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-
 /// Upper bound for a chat-cli run.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
 pub struct TestServer {
     pub addr: SocketAddr,
-    shutdown: Option<oneshot::Sender<()>>,
-    handle: JoinHandle<Result<(), chat_srv::ServerError>>,
+    handle: chat_srv::ServerHandle,
 }
 
 pub async fn start_server() -> TestServer {
+    start_with(chat_srv::Config::default()).await
+}
+
+/// A chat-srv with `config` on 127.0.0.1:0, from [`chat_srv::spawn`].
+pub async fn start_with(config: chat_srv::Config) -> TestServer {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
-    let addr = listener.local_addr().expect("local addr");
-    let (tx, rx) = oneshot::channel::<()>();
-    let handle = tokio::spawn(chat_srv::run(
-        listener,
-        chat_srv::Config::default(),
-        async move {
-            let _ = rx.await;
-        },
-    ));
+    let handle = chat_srv::spawn(listener, config).expect("spawn chat-srv");
     TestServer {
-        addr,
-        shutdown: Some(tx),
+        addr: handle.addr(),
         handle,
     }
 }
 
 impl TestServer {
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(2), self.handle)
+    pub async fn stop(self) {
+        tokio::time::timeout(Duration::from_secs(2), self.handle.stop())
             .await
             .expect("server stops within 2 s")
-            .expect("server task did not panic")
             .expect("run returns Ok");
     }
 }
