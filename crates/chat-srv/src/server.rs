@@ -20,12 +20,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::cluster::{self, Cluster};
 use crate::shared::Shared;
 use crate::{Config, ServerError};
 
 /// How long sessions get to say goodbye after shutdown begins; the process
 /// promise is an exit within 2 s.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
+
+/// How long leaving the cluster may take at shutdown.
+const CLUSTER_CLOSE: Duration = Duration::from_millis(400);
 
 /// Longest pause between accept attempts after repeated accept errors.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
@@ -44,7 +48,21 @@ pub async fn run(
     let limit = Arc::new(Semaphore::new(
         config.max_clients.min(Semaphore::MAX_PERMITS),
     ));
-    let shared = Arc::new(Shared::new(config, token.clone()));
+    let cluster_config = config.cluster.clone();
+    let node = cluster_config.as_ref().map(|_| cluster::new_node_id());
+    // A cluster node's guests carry a tag of the node: `guest-3fa2-17`.
+    let guest_tag = node
+        .as_deref()
+        .map(|n| format!("{}-", n.get(..4).unwrap_or(n)))
+        .unwrap_or_default();
+    let shared = Arc::new(Shared::new(config, token.clone(), &guest_tag));
+    // Its own token: the cluster outlives the sessions, to send their leaves.
+    let cluster_stop = CancellationToken::new();
+    if let (Some(cluster_config), Some(node)) = (cluster_config, node) {
+        let bridge = Arc::new(cluster::Bridge::new(Arc::downgrade(&shared)));
+        let cluster = Cluster::start(cluster_config, node, bridge, cluster_stop.clone()).await?;
+        let _ = shared.cluster.set(cluster);
+    }
 
     tokio::select! {
         () = accept_loop(&listener, &shared, &limit, &tracker) => {}
@@ -64,6 +82,11 @@ pub async fn run(
             "sessions did not finish in time, dropping them"
         );
     }
+    if let Some(cluster) = shared.cluster() {
+        // Best effort within the exit promise: the others reap what is left.
+        let _ = tokio::time::timeout(CLUSTER_CLOSE, cluster.close()).await;
+    }
+    cluster_stop.cancel();
     Ok(())
 }
 

@@ -80,7 +80,7 @@ pub fn validate_cluster_name(name: &str) -> Result<(), String> {
 /// A fresh random node id (16 hex digits). A restarted process gets a new one,
 /// so its old members are reaped as a dead node's and never confused with
 /// the new ones.
-pub(crate) fn new_node_id() -> String {
+pub fn new_node_id() -> String {
     // RandomState is seeded from the operating system's randomness; the time
     // and pid make two ids of one process differ as well.
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();

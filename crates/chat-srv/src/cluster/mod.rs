@@ -32,9 +32,12 @@
 //! - [`keys`]: the names of the keys and channels.
 //! - [`wire`]: the bus message format and the per-sender order check.
 //! - [`scripts`]: the Lua scripts for atomic changes.
+//! - `bridge`: [`Local`] for the server's registry, and what the commands
+//!   call.
 //! - `link`: the connection task: connect, subscribe, write, read,
 //!   heartbeat, reap, split and heal.
 
+mod bridge;
 pub mod keys;
 mod link;
 pub mod scripts;
@@ -50,7 +53,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use keys::validate_cluster_name;
+pub(crate) use bridge::{member_info, Bridge};
+pub use keys::{new_node_id, validate_cluster_name};
 pub use wire::LineKind;
 
 use scripts::ScriptId;
@@ -266,12 +270,14 @@ pub(crate) enum Then {
 }
 
 impl Cluster {
-    /// Connects to Redis, registers this node and starts its task. Fails if
+    /// Connects to Redis, registers this node as `node` (see
+    /// [`new_node_id`]) and starts its task. Fails if
     /// the URL or name is wrong or Redis cannot be reached now; once started,
     /// losing Redis is survived (see the module docs). The task ends on
     /// [`Cluster::close`] or when `shutdown` is cancelled.
     pub async fn start(
         config: ClusterConfig,
+        node: String,
         local: Arc<dyn Local>,
         shutdown: CancellationToken,
     ) -> Result<Cluster, ClusterError> {
@@ -280,7 +286,6 @@ impl Cluster {
             url: config.url.clone(),
             reason: e.to_string(),
         })?;
-        let node = keys::new_node_id();
         let keys = keys::Keys::new(&config.name);
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         let whole = Arc::new(AtomicBool::new(false));

@@ -196,7 +196,7 @@ impl Node {
         config.heartbeat_ttl = Duration::from_millis(600);
         let local = Arc::new(Recorder::default());
         let kill = CancellationToken::new();
-        let cluster = Cluster::start(config, local.clone(), kill.clone())
+        let cluster = Cluster::start(config, new_node_id(), local.clone(), kill.clone())
             .await
             .expect("joining the test cluster");
         Node {
@@ -502,7 +502,12 @@ async fn start_says_what_is_wrong() {
     let start = |url: String, name: &str| {
         let mut config = ClusterConfig::new(url);
         config.name = name.to_owned();
-        Cluster::start(config, local.clone(), CancellationToken::new())
+        Cluster::start(
+            config,
+            new_node_id(),
+            local.clone(),
+            CancellationToken::new(),
+        )
     };
     let err = start(format!("redis://127.0.0.1:{free}/0"), "x")
         .await
