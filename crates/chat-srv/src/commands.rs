@@ -55,7 +55,7 @@ pub(crate) async fn apply(
     match line {
         ClientLine::Message(text) => message(text, me, shared, out),
         ClientLine::Nick(new) => nick(new, me, shared, out).await,
-        ClientLine::Join(room) => join(room, me, shared, out),
+        ClientLine::Join(room) => join(room, me, shared, out).await,
         ClientLine::Rooms => rooms(shared, out).await,
         ClientLine::Who => who(me, shared, out).await,
         ClientLine::Msg { to, text } => private(to, text, me, shared, out).await,
@@ -192,7 +192,7 @@ async fn nick(new: &str, me: &mut Member, shared: &Shared, out: &mut BytesMut) {
     }
 }
 
-fn join(room: &str, me: &mut Member, shared: &Shared, out: &mut BytesMut) {
+async fn join(room: &str, me: &mut Member, shared: &Shared, out: &mut BytesMut) {
     let room = match validate_room(room) {
         Ok(room) => room,
         Err(e) => return ServerLine::Error(&e.to_string()).encode(out),
@@ -221,7 +221,12 @@ fn join(room: &str, me: &mut Member, shared: &Shared, out: &mut BytesMut) {
         me.peer.id,
         &format!("{nick} joined"),
     );
-    let members = count(new.len(), "member", "members");
+    // A cluster node counts the whole room (asked after the move, in order).
+    let total = match shared.cluster() {
+        Some(cluster) => cluster.who(&me.room).await.map_or(new.len(), |n| n.len()),
+        None => new.len(),
+    };
+    let members = count(total, "member", "members");
     ServerLine::Ok(&format!("you are now in {room} ({members})")).encode(out);
 }
 

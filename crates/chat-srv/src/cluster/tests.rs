@@ -528,3 +528,170 @@ async fn start_says_what_is_wrong() {
         .expect("bad name");
     assert!(err.to_string().contains("--cluster-name"), "{err}");
 }
+
+/// Real chat servers of this crate, run in-process as cluster nodes, with
+/// line clients: what users of two nodes see.
+mod servers {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    async fn chat_node(redis: &RedisServer, name: &str) -> crate::ServerHandle {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .expect("bind 127.0.0.1:0");
+        let mut cluster = ClusterConfig::new(redis.url());
+        cluster.name = name.to_owned();
+        let config = crate::Config {
+            rate: 0,
+            cluster: Some(cluster),
+            ..crate::Config::default()
+        };
+        crate::spawn(listener, config).expect("spawn a cluster node")
+    }
+
+    struct Client {
+        lines: tokio::io::Lines<BufReader<OwnedReadHalf>>,
+        write: OwnedWriteHalf,
+        seen: Vec<String>,
+    }
+
+    impl Client {
+        async fn connect(node: &crate::ServerHandle) -> Client {
+            let stream = TcpStream::connect(node.addr()).await.expect("connect");
+            let (read, write) = stream.into_split();
+            let mut client = Client {
+                lines: BufReader::new(read).lines(),
+                write,
+                seen: Vec::new(),
+            };
+            client.until(|l| l == proto::chat::WELCOME).await;
+            client
+        }
+
+        async fn send(&mut self, line: &str) {
+            self.write
+                .write_all(format!("{line}\n").as_bytes())
+                .await
+                .expect("send");
+        }
+
+        /// Reads lines until one satisfies `wanted`; returns it.
+        async fn until(&mut self, wanted: impl Fn(&str) -> bool) -> String {
+            let found = tokio::time::timeout(WAIT, async {
+                while let Ok(Some(line)) = self.lines.next_line().await {
+                    self.seen.push(line.clone());
+                    if wanted(&line) {
+                        return Some(line);
+                    }
+                }
+                None
+            })
+            .await;
+            match found {
+                Ok(Some(line)) => line,
+                _ => panic!("wanted line never came; saw {:?}", self.seen),
+            }
+        }
+
+        /// Sends `line` and returns its one answer (`+ …` or `! …`).
+        async fn ask(&mut self, line: &str) -> String {
+            self.send(line).await;
+            self.until(|l| l.starts_with("+ ") || l.starts_with("! "))
+                .await
+        }
+
+        async fn named(node: &crate::ServerHandle, nick: &str, room: &str) -> Client {
+            let mut c = Client::connect(node).await;
+            assert_eq!(
+                c.ask(&format!("/nick {nick}")).await,
+                format!("+ you are now {nick}")
+            );
+            assert!(c
+                .ask(&format!("/join {room}"))
+                .await
+                .starts_with("+ you are now in"));
+            c
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn members_of_two_servers_share_rooms_names_and_history() {
+        let redis = RedisServer::start();
+        let one = chat_node(&redis, "srv").await;
+        let two = chat_node(&redis, "srv").await;
+        let mut alice = Client::named(&one, "Alice", "dev").await;
+        let mut bob = Client::connect(&two).await;
+        assert_eq!(bob.ask("/nick bob").await, "+ you are now bob");
+        assert_eq!(
+            bob.ask("/join DEV").await,
+            "+ you are now in dev (2 members)"
+        );
+        alice.until(|l| l == "* bob joined").await;
+
+        alice.send("hi from one").await;
+        alice.until(|l| l == "hi from one,你好").await;
+        bob.until(|l| l == "Alice: hi from one").await;
+        assert_eq!(bob.ask("/who").await, "+ 2 in dev: Alice, bob");
+        assert_eq!(bob.ask("/msg alice psst").await, "+ sent to Alice");
+        alice.until(|l| l == "[pm] bob: psst").await;
+        assert!(bob.ask("/rooms").await.contains("dev (2)"));
+
+        let mut carol = Client::connect(&two).await;
+        assert_eq!(
+            carol.ask("/nick ALICE").await,
+            "! nickname ALICE is taken, choose another"
+        );
+        carol.ask("/join dev").await;
+        carol.send("/history").await;
+        let line = carol.until(|l| l.starts_with("~ ")).await;
+        assert!(line.ends_with("Alice: hi from one"), "{line}");
+        carol.until(|l| l.starts_with("+ ")).await;
+
+        drop(alice);
+        bob.until(|l| l == "* Alice left").await;
+        assert_eq!(carol.ask("/nick alice").await, "+ you are now alice");
+        one.stop().await.expect("stop one");
+        two.stop().await.expect("stop two");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn losing_redis_keeps_local_delivery_and_tells_members_once() {
+        let mut redis = RedisServer::start();
+        let one = chat_node(&redis, "split").await;
+        let two = chat_node(&redis, "split").await;
+        let mut ann = Client::named(&one, "ann", "lab").await;
+        let mut amy = Client::named(&one, "amy", "lab").await;
+        let mut bea = Client::named(&two, "bea", "lab").await;
+
+        redis.kill();
+        let split = format!("* {SPLIT_NOTICE}");
+        for c in [&mut ann, &mut amy, &mut bea] {
+            c.until(|l| l == split).await;
+        }
+        ann.send("only here").await;
+        amy.until(|l| l == "ann: only here").await;
+        assert_eq!(
+            ann.ask("/nick anna").await,
+            "! the chat is split: nickname changes wait until it is whole again"
+        );
+        assert_eq!(ann.ask("/who").await, "+ 2 in lab: amy, ann");
+
+        redis.restart();
+        let whole = format!("* {WHOLE_NOTICE}");
+        for c in [&mut ann, &mut amy, &mut bea] {
+            c.until(|l| l == whole).await;
+        }
+        ann.send("together").await;
+        bea.until(|l| l == "ann: together").await;
+        assert_eq!(bea.ask("/who").await, "+ 3 in lab: amy, ann, bea");
+        for c in [&ann, &amy, &bea] {
+            let count = |x: &str| c.seen.iter().filter(|l| *l == x).count();
+            assert_eq!((count(&split), count(&whole)), (1, 1), "{:?}", c.seen);
+        }
+        one.stop().await.expect("stop one");
+        two.stop().await.expect("stop two");
+    }
+}
