@@ -223,7 +223,7 @@ async fn join(room: &str, me: &mut Member, shared: &Shared, out: &mut BytesMut) 
     );
     // A cluster node counts the whole room (asked after the move, in order).
     let total = match shared.cluster() {
-        Some(cluster) => cluster.who(&me.room).await.map_or(new.len(), |n| n.len()),
+        Some(cluster) => cluster.room_size(&me.room).await.unwrap_or(new.len()),
         None => new.len(),
     };
     let members = count(total, "member", "members");

@@ -32,6 +32,10 @@ pub struct FanoutArgs {
     /// Server address (loopback).
     #[arg(long)]
     addr: SocketAddr,
+    /// Connect the members round-robin to these servers instead of `--addr` (the
+    /// nodes of a chat cluster).
+    #[arg(long, value_delimiter = ',')]
+    member_addrs: Vec<SocketAddr>,
     /// Members of the room besides the sender.
     #[arg(long, default_value_t = 1000)]
     members: usize,
@@ -56,7 +60,12 @@ pub async fn run(args: FanoutArgs) -> Result<String> {
     for id in 0..args.members {
         let (ready_tx, done_tx) = (ready_tx.clone(), done_tx.clone());
         let (received, connects) = (Arc::clone(&received), Arc::clone(&connects));
-        let (addr, members) = (args.addr, args.members);
+        let addr = args
+            .member_addrs
+            .get(id % args.member_addrs.len().max(1))
+            .copied()
+            .unwrap_or(args.addr);
+        let members = args.members;
         tokio::spawn(async move {
             let setup = async {
                 let _permit = connects.acquire().await.context("connect gate closed")?;

@@ -12,9 +12,11 @@
 //! - [`upload`]: the upload cases, the raw-copy baseline and the hashing ceilings.
 //! - [`chat`]: round trips, fan-out and idle connections through `loadgen`.
 //! - [`report`]: medians, targets and the markdown table.
+//! - [`cluster`]: the same chat cases across three `chat-srv --redis` nodes.
 //! - [`procfs`]: process memory and CPU time from `/proc`, machine facts.
 
 mod chat;
+mod cluster;
 mod procfs;
 mod report;
 mod upload;
@@ -109,6 +111,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
             }
         };
         sections.push(report::table("Chat", &chat::run(&bin, &plan)?));
+        sections.push(report::table(
+            "Chat cluster",
+            &cluster::run(&bin, &cluster::Plan::new(args.quick, runs))?,
+        ));
     }
 
     let doc = document(&args, runs, &bin, &sections, started.elapsed().as_secs());

@@ -12,7 +12,8 @@
 //!   files in one call and a `-r` directory), each stored file hashed against its
 //!   source; an upload cut with `--abort-after` and resumed; the original client's
 //!   legacy form (size text, `1001`, bytes);
-//! - shutdown: each server exits 0 within 2 s of SIGTERM.
+//! - shutdown: each server exits 0 within 2 s of SIGTERM;
+//! - cluster: three chat-srv nodes and a real redis-server (see [`cluster`]).
 //!
 //! Files live under `target/e2e/`: `uploads/` (fresh each run), `files/`, `images/` and
 //! the server logs `chat-srv.log` / `up-srv.log`, which failures point to.
@@ -106,6 +107,7 @@ pub fn run(args: E2eArgs) -> Result<()> {
     report.check("upload: directory with -r", || ctx.upload_dir());
     report.check("upload: interrupted, then resumed", || ctx.upload_resume());
     report.check("upload: original client (legacy)", || ctx.upload_legacy());
+    cluster::checks(&ctx.bins, &work, &mut report);
     report.check("chat-srv: SIGTERM, exit 0 in 2 s", || stop(chat));
     report.check("up-srv: SIGTERM, exit 0 in 2 s", || stop(up));
     report.print();

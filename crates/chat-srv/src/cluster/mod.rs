@@ -513,6 +513,14 @@ impl Cluster {
         Ok(nicks)
     }
 
+    /// How many members a room has across the cluster.
+    pub async fn room_size(&self, room_key: &str) -> Result<usize, ClusterError> {
+        let cmd = redis::cmd("HLEN")
+            .arg(self.inner.keys.room(room_key))
+            .to_owned();
+        from_value(self.ask(|then| Op::Cmd { cmd, then }).await?)
+    }
+
     /// Every room in the cluster with its member count, sorted by name.
     pub async fn rooms(&self) -> Result<Vec<(String, usize)>, ClusterError> {
         let mut rooms: Vec<(String, usize)> = from_value(
