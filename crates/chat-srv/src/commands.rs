@@ -84,13 +84,14 @@ fn message(text: &str, me: &Member, shared: &Shared, out: &mut BytesMut) {
     // A lone client (the legacy tutorial case) costs no broadcast at all.
     if members.len() > 1 || cluster.is_some() {
         let line = ServerLine::Chat { from, text }.to_bytes();
-        deliver(&members, me.peer.id, &line);
+        // Published first: the other nodes' members have the longer way.
         if let Some(cluster) = cluster {
-            cluster.room_line(&me.room, LineKind::Chat, line);
-            if let Some(kept) = kept {
-                let kept = String::from_utf8_lossy(&kept);
-                cluster.record(&me.room, unix_ms(), kept.trim_end_matches('\n'));
-            }
+            cluster.room_line(&me.room, LineKind::Chat, line.clone());
+        }
+        deliver(&members, me.peer.id, &line);
+        if let (Some(cluster), Some(kept)) = (cluster, kept) {
+            let kept = String::from_utf8_lossy(&kept);
+            cluster.record(&me.room, unix_ms(), kept.trim_end_matches('\n'));
         }
     }
 }
