@@ -42,7 +42,6 @@ pub async fn run(
     shutdown: impl Future,
 ) -> Result<(), ServerError> {
     let addr = listener.local_addr().map_err(ServerError::LocalAddr)?;
-    info!("listening on {addr}");
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
     let limit = Arc::new(Semaphore::new(
@@ -63,6 +62,7 @@ pub async fn run(
         let cluster = Cluster::start(cluster_config, node, bridge, cluster_stop.clone()).await?;
         let _ = shared.cluster.set(cluster);
     }
+    info!("listening on {addr}");
 
     tokio::select! {
         () = accept_loop(&listener, &shared, &limit, &tracker) => {}

@@ -180,12 +180,10 @@ pub trait Local: Send + Sync + 'static {
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     /// The URL could not be parsed.
-    #[error("invalid --redis url {url}: {reason} (expected redis://HOST:PORT/DB)")]
+    #[error("invalid --redis url {url}: expected redis://HOST:PORT/DB")]
     Url {
         /// The URL given.
         url: String,
-        /// The parser's reason.
-        reason: String,
     },
     /// The cluster name is not usable in keys.
     #[error("invalid --cluster-name: {0}")]
@@ -282,9 +280,8 @@ impl Cluster {
         shutdown: CancellationToken,
     ) -> Result<Cluster, ClusterError> {
         validate_cluster_name(&config.name).map_err(ClusterError::Name)?;
-        let client = redis::Client::open(config.url.as_str()).map_err(|e| ClusterError::Url {
+        let client = redis::Client::open(config.url.as_str()).map_err(|_| ClusterError::Url {
             url: config.url.clone(),
-            reason: e.to_string(),
         })?;
         let keys = keys::Keys::new(&config.name);
         let (tx, rx) = mpsc::channel(config.queue.max(1));
@@ -310,7 +307,7 @@ impl Cluster {
             .await
             .map_err(|reason| ClusterError::Connect {
                 url: config.url.clone(),
-                reason,
+                reason: plain_reason(&reason),
             })?;
         tracing::info!(node = %node, cluster = %config.name, "joined the cluster");
         let task = tokio::spawn(link.run(first));
@@ -579,6 +576,16 @@ pub(crate) fn register_args(m: &MemberInfo) -> Vec<String> {
         m.room_key.clone(),
         m.room.clone(),
     ]
+}
+
+/// An error text as this project prints them: no "(os error N)", lower-case start.
+fn plain_reason(text: &str) -> String {
+    let text = text.find(" (os error").map_or(text, |i| &text[..i]);
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
 }
 
 fn from_value<T: redis::FromRedisValue>(v: Value) -> Result<T, ClusterError> {
