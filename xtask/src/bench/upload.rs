@@ -180,11 +180,35 @@ pub fn run(bin: &Path, plan: &Plan, work: &Path) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// Times `sha256sum`, `openssl dgst -sha256` and the sha2 crate; returns the big
-/// file's digest, checked to agree between the two tools.
+/// The digest implementations timed in memory by `loadgen hash --impl <name>`,
+/// with what each stands for.
+const HASH_IMPLS: [(&str, &str); 4] = [
+    (
+        "sha2",
+        "SHA-256, `sha2` crate (SHA extensions when the CPU has them)",
+    ),
+    (
+        "ring",
+        "SHA-256, `ring` (what `proto::digest` picks without SHA extensions)",
+    ),
+    (
+        "portable",
+        "SHA-256, portable Rust (what `sha2` runs without SHA extensions)",
+    ),
+    ("blake3", "BLAKE3, `blake3` crate, one thread"),
+];
+
+/// OpenSSL's capability mask that hides the SHA extensions (CPUID leaf 7 EBX bit 29),
+/// so `openssl` runs the code path of a CPU without them.
+const OPENSSL_NO_SHA_NI: &str = ":~0x20000000";
+
+/// Times `sha256sum`, `openssl dgst -sha256` (with and without its SHA-extension
+/// path) and every implementation in `proto::digest`; returns the big file's
+/// digest, checked to agree between the tools.
 fn hash_ceilings(bin: &Path, plan: &Plan, big: &Path, rows: &mut Vec<Row>) -> Result<String> {
     let mb = plan.big_bytes as f64 / 1e6;
-    let (mut coreutils, mut openssl, mut crate_speed) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut coreutils, mut openssl, mut openssl_soft) = (Vec::new(), Vec::new(), Vec::new());
+    let mut impls = vec![Vec::new(); HASH_IMPLS.len()];
     let mut digest = None;
     let in_memory_mib = if plan.big_bytes >= 1 << 30 { 256 } else { 64 };
     for _ in 0..plan.runs {
@@ -193,27 +217,40 @@ fn hash_ceilings(bin: &Path, plan: &Plan, big: &Path, rows: &mut Vec<Row>) -> Re
         coreutils.push(mb / start.elapsed().as_secs_f64());
         let sum = first_word(&out).context("sha256sum printed no digest")?;
 
-        let start = Instant::now();
-        let out = checked_output(
-            Command::new("openssl")
-                .args(["dgst", "-sha256", "-r"])
-                .arg(big),
-            "openssl",
-        )?;
-        openssl.push(mb / start.elapsed().as_secs_f64());
-        let ssl = first_word(&out).context("openssl printed no digest")?;
-        ensure!(
-            sum == ssl,
-            "sha256sum ({sum}) and openssl ({ssl}) disagree on {}",
-            big.display()
-        );
+        for (speeds, mask) in [
+            (&mut openssl, None),
+            (&mut openssl_soft, Some(OPENSSL_NO_SHA_NI)),
+        ] {
+            let mut cmd = Command::new("openssl");
+            cmd.args(["dgst", "-sha256", "-r"]).arg(big);
+            if let Some(mask) = mask {
+                cmd.env("OPENSSL_ia32cap", mask);
+            }
+            let start = Instant::now();
+            let out = checked_output(&mut cmd, "openssl")?;
+            speeds.push(mb / start.elapsed().as_secs_f64());
+            let ssl = first_word(&out).context("openssl printed no digest")?;
+            ensure!(
+                sum == ssl,
+                "sha256sum ({sum}) and openssl ({ssl}) disagree on {}",
+                big.display()
+            );
+        }
         digest = Some(sum);
 
-        let line = checked_output(
-            Command::new(bin.join("loadgen")).args(["sha256", "--mib", &in_memory_mib.to_string()]),
-            "loadgen sha256",
-        )?;
-        crate_speed.push(super::field(&line, "mb_per_s")?);
+        for ((name, _), speeds) in HASH_IMPLS.iter().zip(&mut impls) {
+            let line = checked_output(
+                Command::new(bin.join("loadgen")).args([
+                    "hash",
+                    "--impl",
+                    name,
+                    "--mib",
+                    &in_memory_mib.to_string(),
+                ]),
+                "loadgen hash",
+            )?;
+            speeds.push(super::field(&line, "mb_per_s")?);
+        }
     }
     let label = plan.big_label();
     rows.push(Row::new(
@@ -228,12 +265,31 @@ fn hash_ceilings(bin: &Path, plan: &Plan, big: &Path, rows: &mut Vec<Row>) -> Re
     ));
     rows.push(
         Row::new(
-            format!("sha2 crate (release), {in_memory_mib} MiB in memory"),
-            Figure::new(crate_speed, "MB/s"),
+            format!(
+                "hash ceiling: `openssl dgst -sha256`, SHA extensions masked \
+                 (`OPENSSL_ia32cap={OPENSSL_NO_SHA_NI}`), as on a CPU without them"
+            ),
+            Figure::new(openssl_soft, "MB/s"),
             Target::None,
         )
-        .against("openssl", Figure::new(openssl, "MB/s")),
+        .against("openssl with them", Figure::new(openssl.clone(), "MB/s")),
     );
+    let portable = impls
+        .get(2)
+        .map(|v| Figure::new(v.clone(), "MB/s"))
+        .context("portable hash figures")?;
+    for ((name, what), speeds) in HASH_IMPLS.iter().zip(impls) {
+        let row = Row::new(
+            format!("{what}, {in_memory_mib} MiB in memory"),
+            Figure::new(speeds, "MB/s"),
+            Target::None,
+        );
+        rows.push(if *name == "portable" {
+            row.against("openssl", Figure::new(openssl.clone(), "MB/s"))
+        } else {
+            row.against("portable", portable.clone())
+        });
+    }
     digest.context("no hashing run")
 }
 
