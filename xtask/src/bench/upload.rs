@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 
+use super::peers::{self, Peer};
 use super::procfs;
 use super::report::{Figure, Row, Target};
 use crate::service::{wait_with_timeout, Service};
@@ -39,6 +40,8 @@ pub struct Plan {
     pub small_bytes: usize,
     /// Repetitions of every case.
     pub runs: usize,
+    /// Whether to run the peers (rsync, scp, curl to dufs) beside `up-cli`.
+    pub peers: bool,
 }
 
 impl Plan {
@@ -52,8 +55,25 @@ impl Plan {
     }
 }
 
+/// The two tables of the upload cases.
+pub struct Tables {
+    /// Throughput, memory and hashing ceilings, against the raw copy.
+    pub upload: Vec<Row>,
+    /// `up-cli` wall time beside each peer's.
+    pub peers: Vec<Row>,
+}
+
+/// Wall times of one case (1 GiB or many small files) over the interleaved rounds.
+#[derive(Default)]
+struct Walls {
+    raw: Vec<f64>,
+    up: Vec<f64>,
+    /// One list per peer, in the order of [`peers::start_all`].
+    peers: Vec<Vec<f64>>,
+}
+
 /// Runs every upload case and the hashing ceilings; `work` holds the test data.
-pub fn run(bin: &Path, plan: &Plan, work: &Path) -> Result<Vec<Row>> {
+pub fn run(bin: &Path, plan: &Plan, work: &Path) -> Result<Tables> {
     let big = work.join("big.bin");
     eprintln!(
         "bench: generating {} test file {}",
@@ -80,6 +100,20 @@ pub fn run(bin: &Path, plan: &Plan, work: &Path) -> Result<Vec<Row>> {
 
     let store = work.join("store");
     let raw_dir = work.join("raw");
+    let peer_list = if plan.peers {
+        peers::start_all(&work.join("peers"))
+    } else {
+        Vec::new()
+    };
+    let ready: Vec<&Peer> = peer_list.iter().filter_map(|p| p.as_ref().ok()).collect();
+    let mut big_walls = Walls {
+        peers: vec![Vec::new(); ready.len()],
+        ..Walls::default()
+    };
+    let mut small_walls = Walls {
+        peers: vec![Vec::new(); ready.len()],
+        ..Walls::default()
+    };
     let mib = plan.big_bytes as f64 / 1e6;
     let (mut raw_sync, mut raw_nosync, mut up_sync, mut up_nosync) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -107,10 +141,17 @@ pub fn run(bin: &Path, plan: &Plan, work: &Path) -> Result<Vec<Row>> {
             };
             raw_list.push(mib / raw.as_secs_f64());
             up_list.push(mib / up.elapsed.as_secs_f64());
+            if fsync {
+                big_walls.raw.push(raw.as_secs_f64());
+                big_walls.up.push(up.elapsed.as_secs_f64());
+            }
             srv_peak.push(up.server_peak_kib as f64 / 1024.0);
             if let Some(kib) = up.client_peak_kib {
                 cli_peak.push(kib as f64 / 1024.0);
             }
+        }
+        for (peer, walls) in ready.iter().zip(&mut big_walls.peers) {
+            walls.push(peer.upload(std::slice::from_ref(&big))?.as_secs_f64());
         }
     }
     let label = plan.big_label();
@@ -161,6 +202,11 @@ pub fn run(bin: &Path, plan: &Plan, work: &Path) -> Result<Vec<Row>> {
         let up = upload(bin, &store, &small, &small_digests, true)?;
         raw_files.push(plan.small_count as f64 / raw.as_secs_f64());
         up_files.push(plan.small_count as f64 / up.elapsed.as_secs_f64());
+        small_walls.raw.push(raw.as_secs_f64());
+        small_walls.up.push(up.elapsed.as_secs_f64());
+        for (peer, walls) in ready.iter().zip(&mut small_walls.peers) {
+            walls.push(peer.upload(&small)?.as_secs_f64());
+        }
     }
     rows.push(
         Row::new(
@@ -177,7 +223,68 @@ pub fn run(bin: &Path, plan: &Plan, work: &Path) -> Result<Vec<Row>> {
             Figure::new(raw_files, "files/s"),
         ),
     );
-    Ok(rows)
+    let small_label = format!("{} × {} KiB", plan.small_count, plan.small_bytes >> 10);
+    let mut peer_rows = peer_table(&label, &big_walls, &ready, &peer_list, plan.peers, true);
+    peer_rows.extend(peer_table(
+        &small_label,
+        &small_walls,
+        &ready,
+        &peer_list,
+        plan.peers,
+        false,
+    ));
+    Ok(Tables {
+        upload: rows,
+        peers: peer_rows,
+    })
+}
+
+/// Rows of `up-cli` wall time (SHA-256 both ends, fsync) beside each peer's; the
+/// ratio is up-cli ÷ peer, so below 1 means up-cli is faster. Targets from issue 11:
+/// 1 GiB within 1.2x of scp, many small files within 1.2x of rsync `--fsync`.
+fn peer_table(
+    case: &str,
+    walls: &Walls,
+    ready: &[&Peer],
+    all: &[Result<Peer, peers::Missing>],
+    wanted: bool,
+    big: bool,
+) -> Vec<Row> {
+    let up = || Figure::new(walls.up.clone(), "s");
+    let what = format!("{case}: up-cli → up-srv (SHA-256 both ends, fsync), wall");
+    let mut rows = vec![Row::new(what.clone(), up(), Target::None)
+        .against("raw TCP copy + fsync", Figure::new(walls.raw.clone(), "s"))];
+    if !wanted {
+        rows.push(Row::skipped(
+            format!("{case}: peers"),
+            "left out with --quick (run the full bench)",
+        ));
+        return rows;
+    }
+    let mut measured = ready.iter().zip(&walls.peers);
+    for peer in all {
+        match peer {
+            Ok(_) => {
+                let Some((peer, times)) = measured.next() else {
+                    continue;
+                };
+                let target = match (big, peer.label) {
+                    (true, peers::SCP) => Target::RatioAtMost(1.2),
+                    (false, peers::RSYNC_FSYNC) => Target::RatioAtMost(1.2),
+                    _ => Target::None,
+                };
+                rows.push(
+                    Row::new(format!("{case}: up-cli vs {}", peer.label), up(), target)
+                        .against(peer.label, Figure::new(times.clone(), "s")),
+                );
+            }
+            Err(missing) => rows.push(Row::skipped(
+                format!("{case}: {}", missing.label),
+                missing.reason.clone(),
+            )),
+        }
+    }
+    rows
 }
 
 /// The digest implementations timed in memory by `loadgen hash --impl <name>`,
