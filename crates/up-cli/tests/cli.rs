@@ -631,3 +631,57 @@ fn issue_10_host_takes_a_port_and_ipv6_is_bracketed() {
         run.stderr
     );
 }
+
+#[test]
+fn issue_10_ctrl_c_says_where_it_stopped_and_the_rerun_resumes() {
+    use std::io::Read as _;
+    let server = start_server();
+    let src = tempfile::tempdir().expect("tempdir");
+    std::fs::write(src.path().join("big.bin"), data(8 << 20, 4)).expect("write");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_up-cli"))
+        .args(["-p", &port(&server), "--limit-rate", "2M", "big.bin"])
+        .current_dir(src.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn up-cli");
+    // Interrupt once body bytes have reached the server's partial.
+    let deadline = std::time::Instant::now() + common::DEADLINE;
+    while partial_bytes(&server.dir) < 1 << 20 {
+        assert!(std::time::Instant::now() < deadline, "upload never started");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+    let status = child.wait().expect("wait");
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("interrupted at")
+            && stderr.contains("of 8.0 MiB of big.bin: run the same command to resume"),
+        "{stderr}"
+    );
+    let run = up_cli(src.path(), &["-p", &port(&server), "big.bin"], &[]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(run.stderr.contains("resuming big.bin at"), "{}", run.stderr);
+    assert_eq!(server.read("big.bin"), data(8 << 20, 4));
+}
+
+fn partial_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir.join(".partial"))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}

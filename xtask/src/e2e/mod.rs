@@ -30,6 +30,8 @@ use crate::images::{self, ImageSpec};
 use crate::service::{self, Bins, Service};
 use crate::verify::{self, StoredLine};
 
+mod upload;
+
 /// Options of `cargo xtask e2e`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct E2eArgs {
@@ -80,7 +82,7 @@ pub fn run(args: E2eArgs) -> Result<()> {
 
     let bins = Bins::new(&bin_dir)?;
     let chat = bins.start_chat(chat_addr, &work.join("chat-srv.log"))?;
-    let up = bins.start_up(up_addr, &uploads, &work.join("up-srv.log"))?;
+    let up = upload::start_server(&bins, up_addr, &uploads, &work.join("up-srv.log"))?;
     println!(
         "e2e: chat-srv on {chat_addr} (pid {}), up-srv on {up_addr} (pid {}), uploads in {}",
         chat.pid(),
@@ -104,6 +106,11 @@ pub fn run(args: E2eArgs) -> Result<()> {
     report.check("upload: directory with -r", || ctx.upload_dir());
     report.check("upload: interrupted, then resumed", || ctx.upload_resume());
     report.check("upload: original client (legacy)", || ctx.upload_legacy());
+    report.check("upload: rerun stores nothing twice", || ctx.upload_rerun());
+    report.check("upload: ls = sha256sum, get verified", || {
+        ctx.ls_get_round_trip()
+    });
+    report.check("upload: standard input with --as", || ctx.upload_stdin());
     report.check("chat-srv: SIGTERM, exit 0 in 2 s", || stop(chat));
     report.check("up-srv: SIGTERM, exit 0 in 2 s", || stop(up));
     report.print();
