@@ -68,7 +68,13 @@ pub struct Connection {
     buf: BytesMut,
     addr: Target,
     version: u16,
+    /// A token was sent to a server that checks none.
+    token_unused: bool,
 }
+
+/// The notice for a token sent to a server that does not check tokens.
+pub const TOKEN_UNUSED: &str =
+    "note: this server does not check tokens; --token (or UP_TOKEN) was not needed";
 
 impl Connection {
     /// Connects and says hello with the newest version; a server that only
@@ -100,6 +106,7 @@ impl Connection {
             buf: BytesMut::with_capacity(16 * 1024),
             addr: opts.server.clone(),
             version,
+            token_unused: false,
         };
         conn.write(&MAGIC).await?;
         conn.send(ClientMessage::Hello {
@@ -108,8 +115,12 @@ impl Connection {
         })
         .await?;
         match conn.recv().await {
-            Ok(ServerMessage::Welcome { version }) => {
+            Ok(ServerMessage::Welcome {
+                version,
+                token_checked,
+            }) => {
                 conn.version = version;
+                conn.token_unused = version >= 2 && !token_checked && opts.token.is_some();
                 Ok(Ok(conn))
             }
             Ok(ServerMessage::Refuse { code, reason }) => Ok(Err((code, reason))),
@@ -293,11 +304,17 @@ pub async fn upload_all(opts: &Options, jobs: &[FileJob], reporter: &mut dyn Rep
     let mut outcomes = Vec::with_capacity(jobs.len());
     let mut conn: Option<Connection> = None;
     let mut sent_total = 0u64;
+    let mut warned = false;
     for job in jobs {
         let c = match conn.take() {
             Some(c) => conn.insert(c),
             None => match Connection::open(opts).await {
-                Ok(c) => conn.insert(c),
+                Ok(c) => {
+                    if c.token_unused && !std::mem::replace(&mut warned, true) {
+                        reporter.notice(TOKEN_UNUSED);
+                    }
+                    conn.insert(c)
+                }
                 Err(e) => {
                     return Report {
                         outcomes,

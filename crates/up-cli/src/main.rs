@@ -351,7 +351,7 @@ async fn ls(opts: &Options, long: bool, prefix: Option<String>) -> ExitCode {
 }
 
 async fn get_files(opts: &Options, names: &[String], get: &GetOptions, quiet: bool) -> ExitCode {
-    let mut console = Console::new(quiet, names.len(), 0);
+    let mut console = Console::new(quiet, names.len(), 0).downloading();
     let finished = {
         let work = download::get_all(opts, names, get, &mut console);
         tokio::select! {

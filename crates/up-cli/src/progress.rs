@@ -51,6 +51,8 @@ pub struct Console {
     current: Option<(String, u64, u64)>,
     /// Hashed bytes are not transfer progress.
     verifying: bool,
+    /// What the summary calls a file that arrived: `stored` or `downloaded`.
+    verb: &'static str,
 }
 
 struct Bars {
@@ -106,7 +108,14 @@ impl Console {
             counts: Counts::default(),
             current: None,
             verifying: false,
+            verb: "stored",
         }
+    }
+
+    /// The same reporter for `get`: the summary says `downloaded`.
+    pub fn downloading(mut self) -> Self {
+        self.verb = "downloaded";
+        self
     }
 
     fn stderr_line(&self, line: &str) {
@@ -175,7 +184,10 @@ impl Console {
     pub fn summary(&mut self) {
         self.clear_bars();
         if !self.quiet {
-            eprintln!("{}", summary_line(&self.counts, self.started.elapsed()));
+            eprintln!(
+                "{}",
+                summary_line(&self.counts, self.started.elapsed(), self.verb)
+            );
         }
     }
 
@@ -203,9 +215,9 @@ impl Console {
 /// The final summary, in units that fit, e.g. `2 files stored: 5.0 MiB sent
 /// in 2.5 s (2.0 MiB/s), all verified`. The rate is left out when too little
 /// time passed for it to mean anything.
-pub fn summary_line(c: &Counts, elapsed: Duration) -> String {
+pub fn summary_line(c: &Counts, elapsed: Duration, verb: &str) -> String {
     let files = |n: usize| if n == 1 { "file" } else { "files" };
-    let mut parts = vec![format!("{} {} stored", c.stored, files(c.stored))];
+    let mut parts = vec![format!("{} {} {verb}", c.stored, files(c.stored))];
     if c.already > 0 {
         parts.push(format!("{} already stored", c.already));
     }
@@ -225,7 +237,7 @@ pub fn summary_line(c: &Counts, elapsed: Duration) -> String {
     } else {
         format!("{:.1} s", elapsed.as_secs_f64())
     };
-    let rate = if elapsed < Duration::from_millis(1) {
+    let rate = if elapsed < Duration::from_millis(1) || c.sent == 0 {
         String::new()
     } else {
         let per_sec = c.sent as f64 / elapsed.as_secs_f64();
@@ -236,13 +248,14 @@ pub fn summary_line(c: &Counts, elapsed: Duration) -> String {
     } else {
         String::new()
     };
+    let sent = if verb == "stored" { "sent" } else { "received" };
     let verdict = if c.failed == 0 && c.not_attempted == 0 {
         ", all verified"
     } else {
         ""
     };
     format!(
-        "{}: {} sent in {took}{rate}{resumed}{verdict}",
+        "{}: {} {sent} in {took}{rate}{resumed}{verdict}",
         parts.join(", "),
         Readable(c.sent)
     )
@@ -278,6 +291,10 @@ impl Reporter for Console {
                 f.reset_eta();
             }
             if let Some(t) = &b.total {
+                // Download sizes are learnt one file at a time.
+                if self.verb == "downloaded" {
+                    t.inc_length(size);
+                }
                 t.inc(offset);
             }
         }
@@ -369,7 +386,7 @@ mod tests {
             ..Counts::default()
         };
         assert_eq!(
-            summary_line(&one, Duration::from_millis(3)),
+            summary_line(&one, Duration::from_millis(3), "stored"),
             "1 file stored: 12 B sent in 3 ms (3.9 KiB/s), all verified"
         );
         let mixed = Counts {
@@ -382,7 +399,7 @@ mod tests {
             ..Counts::default()
         };
         assert_eq!(
-            summary_line(&mixed, Duration::from_secs(10)),
+            summary_line(&mixed, Duration::from_secs(10), "stored"),
             "2 files stored, 1 already stored, 1 skipped, 1 failed: 300.0 MiB sent in 10.0 s (30.0 MiB/s), 200.0 MiB resumed"
         );
         let none = Counts {
@@ -390,8 +407,16 @@ mod tests {
             ..Counts::default()
         };
         assert_eq!(
-            summary_line(&none, Duration::from_micros(200)),
+            summary_line(&none, Duration::from_micros(200), "stored"),
             "0 files stored, 3 not attempted: 0 B sent in <1 ms"
+        );
+        let skipped = Counts {
+            already: 2,
+            ..Counts::default()
+        };
+        assert_eq!(
+            summary_line(&skipped, Duration::from_millis(268), "stored"),
+            "0 files stored, 2 already stored: 0 B sent in 268 ms, all verified"
         );
     }
 

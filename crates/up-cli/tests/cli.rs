@@ -685,3 +685,23 @@ fn partial_bytes(dir: &std::path::Path) -> u64 {
         })
         .unwrap_or(0)
 }
+
+#[test]
+fn issue_10_a_token_an_open_server_does_not_need_is_noted_once() {
+    let server = start_server();
+    let src = tempfile::tempdir().expect("tempdir");
+    std::fs::write(src.path().join("a"), b"a").expect("write");
+    std::fs::write(src.path().join("b"), b"b").expect("write");
+    let run = up_cli(
+        src.path(),
+        &["-p", &port(&server), "--token", "t", "a", "b"],
+        &[],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(
+        run.stderr.matches("does not check tokens").count(),
+        1,
+        "{}",
+        run.stderr
+    );
+}
