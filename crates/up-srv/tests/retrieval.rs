@@ -83,7 +83,10 @@ async fn version_1_clients_never_see_present() {
     .await;
     assert_eq!(
         old.recv().await,
-        Some(ServerMessage::Welcome { version: 1 })
+        Some(ServerMessage::Welcome {
+            version: 1,
+            token_checked: false
+        })
     );
     let stored = old.upload("a.bin", b"one").await;
     assert!(

@@ -32,6 +32,7 @@ use crate::service::{self, Bins, Service};
 use crate::verify::{self, StoredLine};
 
 mod chat;
+mod upload;
 
 /// Options of `cargo xtask e2e`.
 #[derive(Debug, Clone, clap::Args)]
@@ -83,7 +84,7 @@ pub fn run(args: E2eArgs) -> Result<()> {
 
     let bins = Bins::new(&bin_dir)?;
     let chat = bins.start_chat(chat_addr, &work.join("chat-srv.log"))?;
-    let up = bins.start_up(up_addr, &uploads, &work.join("up-srv.log"))?;
+    let up = upload::start_server(&bins, up_addr, &uploads, &work.join("up-srv.log"))?;
     println!(
         "e2e: chat-srv on {chat_addr} (pid {}), up-srv on {up_addr} (pid {}), uploads in {}",
         chat.pid(),
@@ -110,6 +111,11 @@ pub fn run(args: E2eArgs) -> Result<()> {
     report.check("upload: directory with -r", || ctx.upload_dir());
     report.check("upload: interrupted, then resumed", || ctx.upload_resume());
     report.check("upload: original client (legacy)", || ctx.upload_legacy());
+    report.check("upload: rerun stores nothing twice", || ctx.upload_rerun());
+    report.check("upload: ls = sha256sum, get verified", || {
+        ctx.ls_get_round_trip()
+    });
+    report.check("upload: standard input with --as", || ctx.upload_stdin());
     report.check("chat-srv: SIGTERM, exit 0 in 2 s", || stop(chat));
     report.check("up-srv: SIGTERM, exit 0 in 2 s", || stop(up));
     report.print();
