@@ -253,6 +253,13 @@ fn help_shows_flags_defaults_and_examples() {
         "--port",
         "[default: 8888]",
         "--message",
+        "--nick",
+        "--room",
+        "--keepalive",
+        "[default: 60]",
+        "--reconnect",
+        "--timestamps",
+        "NO_COLOR",
         "Examples:",
     ] {
         assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
