@@ -5,8 +5,8 @@
 //!   input line send it and print everything up to its answer, so output is
 //!   deterministic; after `q` wait for the server to close;
 //! - **interactive** (stdin is a terminal): a line editor (rustyline) with
-//!   history and Tab completion; room lines are printed above the line being
-//!   typed.
+//!   history and Tab completion when stdout is a terminal too; room lines are
+//!   printed above the line being typed.
 //!
 //! Server lines are framed by [`proto::chat::ChatCodec`] in both directions;
 //! which line answers which message follows the rule in the "Chat" section
@@ -251,7 +251,11 @@ fn lower_reason(e: &std::io::Error) -> String {
     }
 }
 
-/// True when stdin is a terminal (interactive mode).
-pub(crate) fn interactive() -> bool {
-    std::io::stdin().is_terminal()
+/// Whether stdin and stdout are terminals: the editor needs both; a
+/// terminal stdin alone still makes the session interactive.
+pub(crate) fn terminals() -> (bool, bool) {
+    (
+        std::io::stdin().is_terminal(),
+        std::io::stdout().is_terminal(),
+    )
 }
