@@ -166,21 +166,22 @@ pub async fn run(opts: Options) -> Result<(), ClientError> {
             Err(e) if first || !opts.reconnect => return Err(e),
             Err(e) => {
                 screen.note(&format!("{e:#}"))?;
-                Ok(Ended::Lost)
+                Ok(Ended::Retry)
             }
         };
         first = false;
-        match ended {
+        let why = match ended {
             Ok(Ended::Quit) => return Ok(()),
             Ok(Ended::Goodbye) if !opts.reconnect => return Ok(()),
-            Ok(_) | Err(ClientError::Closed) if opts.reconnect => {}
+            Ok(Ended::Goodbye) if opts.reconnect => "the server said goodbye; reconnecting",
+            Ok(Ended::Retry) => "retrying",
+            Ok(Ended::Lost) | Err(ClientError::Closed) if opts.reconnect => {
+                "connection lost; reconnecting"
+            }
             Ok(_) => return Err(ClientError::Closed),
             Err(e) => return Err(e),
-        }
-        screen.note(&format!(
-            "connection lost; reconnecting in {} s",
-            wait.as_secs()
-        ))?;
+        };
+        screen.note(&format!("{why} in {} s", wait.as_secs()))?;
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(RECONNECT_MAX);
     }

@@ -32,6 +32,8 @@ pub(crate) enum Ended {
     Goodbye,
     /// The connection ended without a goodbye.
     Lost,
+    /// A reconnection attempt failed before a session began.
+    Retry,
 }
 
 /// What a sent line expects back.

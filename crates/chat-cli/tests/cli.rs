@@ -189,7 +189,7 @@ async fn reconnect_survives_a_server_restart_and_restores_nick_and_room() {
     assert_eq!(output.status.code(), Some(0));
     let stderr = text(&output.stderr);
     assert!(
-        stderr.contains("chat-cli: connection lost; reconnecting in 1 s"),
+        stderr.contains("chat-cli: the server said goodbye; reconnecting in 1 s"),
         "{stderr}"
     );
     assert!(
