@@ -151,3 +151,40 @@ fn save_history(editor: &mut Editor<ChatHelper, FileHistory>, path: &PathBuf) {
 pub fn history_request() -> String {
     format!("/history {DEFAULT_HISTORY_REQUEST}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustyline::history::DefaultHistory;
+
+    fn complete(line: &str, nicks: &[&str]) -> (usize, Vec<String>) {
+        let helper = ChatHelper {
+            nicks: Nicks::default(),
+        };
+        helper
+            .nicks
+            .lock()
+            .expect("fresh lock")
+            .extend(nicks.iter().map(|n| n.to_string()));
+        let history = DefaultHistory::new();
+        let ctx = Context::new(&history);
+        let (start, found) = helper
+            .complete(line, line.len(), &ctx)
+            .expect("completion never fails");
+        (start, found.into_iter().map(|p| p.replacement).collect())
+    }
+
+    #[test]
+    fn tab_completes_commands_and_nicknames() {
+        assert_eq!(complete("/hi", &[]), (0, vec!["/history".to_owned()]));
+        assert_eq!(complete("/J", &[]), (0, vec!["/join ".to_owned()]));
+        assert_eq!(
+            complete("hi AL", &["alice", "bob", "Alma"]),
+            (3, vec!["Alma".to_owned(), "alice".to_owned()])
+        );
+        assert_eq!(
+            complete("/msg b", &["alice", "bob"]),
+            (5, vec!["bob".to_owned()])
+        );
+    }
+}

@@ -5,8 +5,8 @@
 //!   input line send it and print everything up to its answer, so output is
 //!   deterministic; after `q` wait for the server to close;
 //! - **interactive** (stdin is a terminal): a line editor (rustyline) with
-//!   history and Tab completion; room lines are printed above the line being
-//!   typed.
+//!   history and Tab completion when stdout is a terminal too; room lines are
+//!   printed above the line being typed.
 //!
 //! Server lines are framed by [`proto::chat::ChatCodec`] in both directions;
 //! which line answers which message follows the rule in the "Chat" section
@@ -166,21 +166,22 @@ pub async fn run(opts: Options) -> Result<(), ClientError> {
             Err(e) if first || !opts.reconnect => return Err(e),
             Err(e) => {
                 screen.note(&format!("{e:#}"))?;
-                Ok(Ended::Lost)
+                Ok(Ended::Retry)
             }
         };
         first = false;
-        match ended {
+        let why = match ended {
             Ok(Ended::Quit) => return Ok(()),
             Ok(Ended::Goodbye) if !opts.reconnect => return Ok(()),
-            Ok(_) | Err(ClientError::Closed) if opts.reconnect => {}
+            Ok(Ended::Goodbye) if opts.reconnect => "the server said goodbye; reconnecting",
+            Ok(Ended::Retry) => "retrying",
+            Ok(Ended::Lost) | Err(ClientError::Closed) if opts.reconnect => {
+                "connection lost; reconnecting"
+            }
             Ok(_) => return Err(ClientError::Closed),
             Err(e) => return Err(e),
-        }
-        screen.note(&format!(
-            "connection lost; reconnecting in {} s",
-            wait.as_secs()
-        ))?;
+        };
+        screen.note(&format!("{why} in {} s", wait.as_secs()))?;
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(RECONNECT_MAX);
     }
@@ -251,7 +252,11 @@ fn lower_reason(e: &std::io::Error) -> String {
     }
 }
 
-/// True when stdin is a terminal (interactive mode).
-pub(crate) fn interactive() -> bool {
-    std::io::stdin().is_terminal()
+/// Whether stdin and stdout are terminals: the editor needs both; a
+/// terminal stdin alone still makes the session interactive.
+pub(crate) fn terminals() -> (bool, bool) {
+    (
+        std::io::stdin().is_terminal(),
+        std::io::stdout().is_terminal(),
+    )
 }

@@ -32,6 +32,8 @@ pub(crate) enum Ended {
     Goodbye,
     /// The connection ended without a goodbye.
     Lost,
+    /// A reconnection attempt failed before a session began.
+    Retry,
 }
 
 /// What a sent line expects back.
@@ -72,6 +74,8 @@ fn is_goodbye(line: &str) -> bool {
 pub(crate) struct Screen {
     pub input: mpsc::Receiver<Input>,
     pub out: Output,
+    /// A person types (stdin is a terminal): lines go out as typed.
+    pub interactive: bool,
 }
 
 /// Where server lines and the client's own notes are shown.
@@ -88,7 +92,10 @@ impl Screen {
     /// Starts reading the user's lines: the line editor on a terminal, a
     /// plain stdin reader otherwise.
     pub fn start(opts: &Options, state: &State) -> Result<Screen, ClientError> {
-        if !crate::interactive() {
+        let (stdin_tty, stdout_tty) = crate::terminals();
+        if !(stdin_tty && stdout_tty) {
+            // No editor without a terminal to draw on (`chat-cli | tee log`
+            // still reads what a person types, line by line).
             let out = Output {
                 style: opts.style,
                 printer: None,
@@ -97,6 +104,7 @@ impl Screen {
             return Ok(Screen {
                 input: spawn_stdin_reader(),
                 out,
+                interactive: stdin_tty,
             });
         }
         let saved_tty = nix::sys::termios::tcgetattr(std::io::stdin()).ok();
@@ -108,7 +116,11 @@ impl Screen {
             printer: Some(printer),
             saved_tty,
         };
-        Ok(Screen { input, out })
+        Ok(Screen {
+            input,
+            out,
+            interactive: true,
+        })
     }
 
     /// Shows a note of the client's own (reconnecting, reconnected).
@@ -272,7 +284,7 @@ pub(crate) async fn session<S: AsyncRead + AsyncWrite>(
     screen: &mut Screen,
     first: bool,
 ) -> Result<Ended, ClientError> {
-    let interactive = screen.out.printer.is_some();
+    let interactive = screen.interactive;
     if interactive || first {
         screen.out.show(WELCOME)?;
     }
@@ -303,7 +315,7 @@ async fn script_loop<S: AsyncRead + AsyncWrite>(
     state: &mut State,
     screen: &mut Screen,
 ) -> Result<Ended, ClientError> {
-    let Screen { input, out } = screen;
+    let Screen { input, out, .. } = screen;
     let mut goodbye = false;
     loop {
         let due = conn.last_sent;
@@ -366,7 +378,7 @@ async fn interactive_loop<S: AsyncRead + AsyncWrite>(
     state: &mut State,
     screen: &mut Screen,
 ) -> Result<Ended, ClientError> {
-    let Screen { input, out } = screen;
+    let Screen { input, out, .. } = screen;
     let mut quitting = false;
     let mut goodbye = false;
     loop {

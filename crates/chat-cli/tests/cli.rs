@@ -77,11 +77,13 @@ async fn message_flag_with_a_refused_line_exits_1() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_server_gives_one_clear_line_and_exit_1() {
-    // A port that was free a moment ago and has no listener now.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
+    // A socket bound but not listening: connections to its port are refused,
+    // and no other test's server can take the port while it is held.
+    let holder = tokio::net::TcpSocket::new_v4().expect("socket");
+    holder
+        .bind("127.0.0.1:0".parse().expect("address"))
+        .expect("bind");
+    let port = holder.local_addr().expect("addr").port();
     let out = run_cli(
         vec!["-p".into(), port.to_string(), "-m".into(), "x".into()],
         b"",
@@ -96,6 +98,7 @@ async fn missing_server_gives_one_clear_line_and_exit_1() {
         )
     );
     assert_eq!(text(&out.stdout), "");
+    drop(holder);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,8 +147,14 @@ async fn keepalive_keeps_a_reader_connected_past_the_idle_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnect_survives_a_server_restart_and_restores_nick_and_room() {
-    let first = start_server().await;
-    let addr = first.addr;
+    // The listening socket outlives the first server (as with socket
+    // activation), so no other test can take the port during the restart.
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    socket.set_nonblocking(true).expect("nonblocking");
+    let spare = socket.try_clone().expect("clone the listening socket");
+    let listener = tokio::net::TcpListener::from_std(socket).expect("tokio listener");
+    let addr = listener.local_addr().expect("addr");
+    let first = chat_srv::spawn(listener, chat_srv::Config::default()).expect("spawn");
     let mut args = port_args(addr);
     args.extend(["--reconnect".into(), "--nick".into(), "bob".into()]);
     args.extend(["--room".into(), "dev".into()]);
@@ -156,11 +165,14 @@ async fn reconnect_survives_a_server_restart_and_restores_nick_and_room() {
         "+ you are now in dev (1 member)",
     ])
     .await;
-    first.stop().await;
+    tokio::time::timeout(Duration::from_secs(2), first.stop())
+        .await
+        .expect("stops")
+        .expect("run ok");
     cli.expect_lines(&["* server is shutting down, goodbye"])
         .await;
-    // The same address again: the client retries after 1 s.
-    let listener = tokio::net::TcpListener::bind(addr).await.expect("rebind");
+    // A new server on the same socket: the client retries after 1 s.
+    let listener = tokio::net::TcpListener::from_std(spare).expect("tokio listener");
     let second = chat_srv::spawn(listener, chat_srv::Config::default()).expect("spawn");
     cli.expect_lines(&["+ you are now bob", "+ you are now in dev (1 member)"])
         .await;
@@ -177,7 +189,7 @@ async fn reconnect_survives_a_server_restart_and_restores_nick_and_room() {
     assert_eq!(output.status.code(), Some(0));
     let stderr = text(&output.stderr);
     assert!(
-        stderr.contains("chat-cli: connection lost; reconnecting in 1 s"),
+        stderr.contains("chat-cli: the server said goodbye; reconnecting in 1 s"),
         "{stderr}"
     );
     assert!(
@@ -242,6 +254,24 @@ async fn a_server_that_says_nothing_is_named_within_seconds() {
     drop(holder.join());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timestamps_prefix_each_shown_line_with_the_local_time() {
+    let server = start_server().await;
+    let mut args = port_args(server.addr);
+    args.push("--timestamps".into());
+    let out = run_cli(args, b"hi\nq\n").await;
+    let shown = text(&out.stdout);
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines.len(), 2, "{shown}");
+    for (line, want) in lines.iter().zip([WELCOME, "hi,你好"]) {
+        let (stamp, rest) = line.split_once("] ").expect("[HH:MM:SS] prefix");
+        assert_eq!(stamp.len(), "[HH:MM:SS".len(), "{line}");
+        assert!(stamp.starts_with('['), "{line}");
+        assert_eq!(rest, want);
+    }
+    server.stop().await;
+}
+
 #[test]
 fn help_shows_flags_defaults_and_examples() {
     let out = wait_bounded(cli(&["--help"]).spawn().expect("spawn"));
@@ -253,6 +283,13 @@ fn help_shows_flags_defaults_and_examples() {
         "--port",
         "[default: 8888]",
         "--message",
+        "--nick",
+        "--room",
+        "--keepalive",
+        "[default: 60]",
+        "--reconnect",
+        "--timestamps",
+        "NO_COLOR",
         "Examples:",
     ] {
         assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");

@@ -3,6 +3,7 @@
 //! `send-keys` and read back with `capture-pane`.
 //!
 //! - editing: `abc`, Left, Left, `X`, Enter reaches another member as `aXbc`;
+//! - two lines typed in one burst both arrive (keys read ahead are kept);
 //! - a line that arrives while the user types is printed above the input
 //!   line, and the half-typed text stays on screen and editable.
 //!
@@ -146,6 +147,15 @@ pub(super) fn line_editor(chat_cli: &Path, addr: SocketAddr, work: &Path) -> Res
 
     tmux.keys(&["abc", "Left", "Left", "X", "Enter"])?;
     observer.read_line_where("typist: aXbc", LINE_TIMEOUT, |l| l == "typist: aXbc")?;
+    // Two lines in one burst (a fast typist, a slow moment): the second is
+    // typed before the editor is back for it and must not be lost.
+    tmux.keys(&["fast one", "Enter", "fast two", "Enter"])?;
+    observer.read_line_where("typist: fast one", LINE_TIMEOUT, |l| {
+        l == "typist: fast one"
+    })?;
+    observer.read_line_where("typist: fast two", LINE_TIMEOUT, |l| {
+        l == "typist: fast two"
+    })?;
 
     tmux.keys(&["half typed"])?;
     tmux.wait_screen("the half-typed line", |rows| {
