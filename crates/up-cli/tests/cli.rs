@@ -724,7 +724,7 @@ fn old_server(connections: usize) -> (std::net::SocketAddr, std::thread::JoinHan
             };
             s.set_read_timeout(Some(common::DEADLINE)).expect("timeout");
             let mut buf = BytesMut::new();
-            let mut next = |s: &mut std::net::TcpStream, buf: &mut BytesMut| loop {
+            let next = |s: &mut std::net::TcpStream, buf: &mut BytesMut| loop {
                 if let Ok(Some(m)) = ServerCodec.decode(buf) {
                     return Some(m);
                 }
