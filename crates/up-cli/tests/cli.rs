@@ -705,3 +705,96 @@ fn issue_10_a_token_an_open_server_does_not_need_is_noted_once() {
         run.stderr
     );
 }
+
+/// A version-1-only server (an older up-srv) for `connections` connections:
+/// refuses version 2 as old servers did, welcomes version 1 and refuses the
+/// first offer with a marker reason.
+fn old_server(connections: usize) -> (std::net::SocketAddr, std::thread::JoinHandle<Vec<u16>>) {
+    use bytes::BytesMut;
+    use proto::upload::{ClientMessage, RefusalCode, ServerCodec, ServerMessage};
+    use std::io::{Read as _, Write as _};
+    use tokio_util::codec::{Decoder as _, Encoder as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = std::thread::spawn(move || {
+        let mut versions = Vec::new();
+        for _ in 0..connections {
+            let Ok((mut s, _)) = listener.accept() else {
+                break;
+            };
+            s.set_read_timeout(Some(common::DEADLINE)).expect("timeout");
+            let mut buf = BytesMut::new();
+            let next = |s: &mut std::net::TcpStream, buf: &mut BytesMut| loop {
+                if let Ok(Some(m)) = ServerCodec.decode(buf) {
+                    return Some(m);
+                }
+                let mut chunk = [0u8; 4096];
+                match s.read(&mut chunk) {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            };
+            let mut magic = [0u8; 4];
+            if s.read_exact(&mut magic).is_err() {
+                continue;
+            }
+            let reply = match next(&mut s, &mut buf) {
+                Some(ClientMessage::Hello { version, .. }) => {
+                    versions.push(version);
+                    if version == 1 {
+                        ServerMessage::Welcome {
+                            version: 1,
+                            token_checked: false,
+                        }
+                    } else {
+                        ServerMessage::Refuse {
+                            code: RefusalCode::UnsupportedVersion,
+                            reason: "protocol version 2 is not supported".into(),
+                        }
+                    }
+                }
+                _ => continue,
+            };
+            let mut out = BytesMut::new();
+            ServerCodec.encode(reply.clone(), &mut out).expect("encode");
+            let _ = s.write_all(&out);
+            if matches!(reply, ServerMessage::Welcome { .. }) {
+                if let Some(ClientMessage::Offer { .. }) = next(&mut s, &mut buf) {
+                    let mut out = BytesMut::new();
+                    let refuse = ServerMessage::Refuse {
+                        code: RefusalCode::TooLarge,
+                        reason: "old server saw the offer".into(),
+                    };
+                    ServerCodec.encode(refuse, &mut out).expect("encode");
+                    let _ = s.write_all(&out);
+                }
+            }
+        }
+        versions
+    });
+    (addr, server)
+}
+
+#[test]
+fn issue_10_a_new_up_cli_falls_back_to_version_1_for_an_older_up_srv() {
+    let src = tempfile::tempdir().expect("tempdir");
+    std::fs::write(src.path().join("f"), b"x").expect("write");
+    let (addr, server) = old_server(2);
+    let run = up_cli(src.path(), &["--host", &addr.to_string(), "f"], &[]);
+    assert!(
+        run.stderr.contains("old server saw the offer"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(server.join().expect("server"), [2, 1]);
+
+    let (addr, server) = old_server(2);
+    let run = up_cli(src.path(), &["--host", &addr.to_string(), "ls"], &[]);
+    assert_eq!(run.code, Some(1));
+    assert!(
+        run.stderr.contains("older up-srv without ls and get"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(server.join().expect("server"), [2, 1]);
+}

@@ -221,3 +221,23 @@ async fn get_of_a_file_changed_behind_the_servers_back_is_refused() {
         .expect("encode");
     c.raw(&out).await;
 }
+
+#[tokio::test]
+async fn digest_records_survive_a_restart() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("uploads");
+    let server = crate::common::start_server_in(dir.clone(), |_| {}).await;
+    let mut c = Client::connect(server.addr).await;
+    c.upload("kept.bin", b"kept across restarts").await;
+    drop(c);
+    server.stop().await;
+    let server = crate::common::start_server_in(dir, |_| {}).await;
+    let mut c = Client::connect(server.addr).await;
+    assert_eq!(
+        c.offer("kept.bin", 20).await,
+        ServerMessage::Present {
+            sha256: sha256(b"kept across restarts")
+        }
+    );
+    server.stop().await;
+}
