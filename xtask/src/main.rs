@@ -113,7 +113,10 @@ mod tests {
         let Task::E2e(args) = cli.task else {
             panic!("not e2e: {:?}", cli.task)
         };
-        assert_eq!((args.chat_port, args.up_port), (8888, 9998));
+        assert_eq!(
+            (args.chat_port, args.up_port),
+            (crate::clients::CHAT_PORT, crate::clients::UP_PORT)
+        );
         let cli = Cli::try_parse_from(["cargo xtask", "e2e", "--chat-port", "1", "--up-port", "2"])
             .expect("parse");
         let Task::E2e(args) = cli.task else {

@@ -38,18 +38,18 @@ mod upload;
 #[derive(Debug, Clone, clap::Args)]
 pub struct E2eArgs {
     /// Port for chat-srv on 127.0.0.1.
-    #[arg(long, default_value_t = 8888)]
+    #[arg(long, default_value_t = clients::CHAT_PORT)]
     pub chat_port: u16,
     /// Port for up-srv on 127.0.0.1.
-    #[arg(long, default_value_t = 9998)]
+    #[arg(long, default_value_t = clients::UP_PORT)]
     pub up_port: u16,
 }
 
 impl Default for E2eArgs {
     fn default() -> E2eArgs {
         E2eArgs {
-            chat_port: 8888,
-            up_port: 9998,
+            chat_port: clients::CHAT_PORT,
+            up_port: clients::UP_PORT,
         }
     }
 }
@@ -530,7 +530,7 @@ impl Ctx {
         let data = fs::read(&source.path)?;
         let reply = clients::legacy_upload(self.up_addr, &data, CHAT_TIMEOUT)?;
         ensure!(
-            reply.trim_end() == "1001",
+            reply.trim_end() == clients::LEGACY_REPLY,
             "the reply to the size was {reply:?}, expected \"1001\""
         );
         let stored = self.uploads.join("new.jpg");
