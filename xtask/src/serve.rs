@@ -23,10 +23,10 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
     pub bind: IpAddr,
     /// Port for chat-srv.
-    #[arg(long, default_value_t = 8888)]
+    #[arg(long, default_value_t = crate::clients::CHAT_PORT)]
     pub chat_port: u16,
     /// Port for up-srv.
-    #[arg(long, default_value_t = 9998)]
+    #[arg(long, default_value_t = crate::clients::UP_PORT)]
     pub up_port: u16,
     /// Upload directory for up-srv [default: uploads/ at the workspace root].
     #[arg(long)]

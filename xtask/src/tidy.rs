@@ -2,7 +2,7 @@
 //! enforces them. Each failure lists every offending `path:line` and says how to fix it.
 //!
 //! The rules:
-//! - every `.rs` file under `crates/`, `xtask/`, `tests/` and `fuzz/` opens with a `//!`
+//! - every `.rs` file under `crates/`, `tools/`, `xtask/`, `tests/` and `fuzz/` opens with a `//!`
 //!   module doc (its role and how it connects);
 //! - code that reads from peers has no `.unwrap()`: in `crates/*/src`, every file named
 //!   `session.rs` or `server.rs`, and every file under a `session/` or `server/` folder,
@@ -10,7 +10,7 @@
 //!   the end of a file); comment lines are skipped. Use `?`, or `.expect("why this
 //!   cannot fail")` for a true invariant;
 //! - no tab characters and no trailing whitespace in `.rs` and `.md` files;
-//! - every crate (each `crates/*` and `xtask`) has a `README.md`;
+//! - every crate (each `crates/*`, `tools/*` and `xtask`) has a `README.md`;
 //! - no dead dependency: every entry of a crate's `[dependencies]` and
 //!   `[dev-dependencies]` is named in that crate's Rust files (a dependency kept only
 //!   for its features says so with `# tidy: features only` on its line);
@@ -77,7 +77,7 @@ fn report(rule: &str, offenders: &[String], fix: &str) {
 
 fn rust_sources() -> Vec<PathBuf> {
     let root = project_root();
-    ["crates", "xtask", "tests", "fuzz"]
+    ["crates", "tools", "xtask", "tests", "fuzz"]
         .iter()
         .flat_map(|dir| files_under(&root.join(dir), &["rs"]))
         .collect()
@@ -185,9 +185,9 @@ fn no_tabs_or_trailing_whitespace() {
 #[test]
 fn every_crate_has_a_readme() {
     let root = project_root();
-    let mut crates: Vec<PathBuf> = fs::read_dir(root.join("crates"))
-        .expect("crates/ exists")
-        .flatten()
+    let mut crates: Vec<PathBuf> = ["crates", "tools"]
+        .iter()
+        .flat_map(|dir| fs::read_dir(root.join(dir)).into_iter().flatten().flatten())
         .map(|e| e.path())
         .filter(|p| p.join("Cargo.toml").is_file())
         .collect();

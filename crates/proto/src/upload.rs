@@ -372,8 +372,12 @@ pub enum ClientMessage {
 pub enum ServerMessage {
     /// Answer to a valid hello.
     Welcome {
-        /// Server protocol version.
+        /// Protocol version of the session (the client's).
         version: u16,
+        /// Version 2: whether this server checks tokens, so a client that
+        /// sent one to an open server can say it was not needed. Not on the
+        /// wire for version 1 (decodes as false).
+        token_checked: bool,
     },
     /// Answer to an offer: where to resume and the digest of the stored prefix.
     Accept {
@@ -444,6 +448,9 @@ const T_PRESENT: u8 = 0x85;
 const T_ENTRY: u8 = 0x86;
 const T_LIST_END: u8 = 0x87;
 const T_SENDING: u8 = 0x88;
+
+/// Welcome flag (version 2): the server requires a token.
+const WELCOME_TOKEN_CHECKED: u8 = 0x01;
 
 /// Splits one complete frame off `src`, checking its length before reserving.
 fn decode_frame(src: &mut BytesMut) -> Result<Option<(u8, Bytes)>, UploadError> {
@@ -687,8 +694,26 @@ impl ServerMessage {
                     buf: payload,
                 };
                 let version = f.u16()?;
+                // Version 2 adds a flags byte; version 1 has none.
+                let flags = if version >= 2 {
+                    if !f.buf.has_remaining() {
+                        return Err(f.short());
+                    }
+                    f.buf.get_u8()
+                } else {
+                    0
+                };
+                if flags & !WELCOME_TOKEN_CHECKED != 0 {
+                    return Err(UploadError::Malformed {
+                        message: "welcome",
+                        reason: "unknown flags",
+                    });
+                }
                 f.end()?;
-                ServerMessage::Welcome { version }
+                ServerMessage::Welcome {
+                    version,
+                    token_checked: flags & WELCOME_TOKEN_CHECKED != 0,
+                }
             }
             T_ACCEPT => {
                 let mut f = Fields {
@@ -766,8 +791,18 @@ impl ServerMessage {
     /// always be sent.
     pub fn encode_into(&self, dst: &mut BytesMut) -> Result<(), UploadError> {
         match self {
-            ServerMessage::Welcome { version } => encode_frame(dst, T_WELCOME, |d| {
+            ServerMessage::Welcome {
+                version,
+                token_checked,
+            } => encode_frame(dst, T_WELCOME, |d| {
                 d.put_u16(*version);
+                if *version >= 2 {
+                    d.put_u8(if *token_checked {
+                        WELCOME_TOKEN_CHECKED
+                    } else {
+                        0
+                    });
+                }
                 Ok(())
             }),
             ServerMessage::Accept {

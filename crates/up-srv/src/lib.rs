@@ -163,7 +163,7 @@ pub async fn spawn(listener: TcpListener, config: Config) -> Result<Handle, Serv
     let addr = listener.local_addr().map_err(ServerError::LocalAddr)?;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let token = shutdown.clone();
-    let prepared = server::prepare(config)?;
+    let prepared = server::prepare(config).await?;
     let task = tokio::spawn(async move {
         server::serve(listener, prepared, async move { token.cancelled().await }).await
     });

@@ -34,7 +34,7 @@ use tokio::net::TcpListener;
 )]
 struct Args {
     /// Address to listen on (a non-loopback address without --token warns at start)
-    #[arg(short, long, default_value = "127.0.0.1")]
+    #[arg(short, long, value_name = "ADDRESS", default_value = "127.0.0.1")]
     bind: IpAddr,
     /// Port to listen on
     #[arg(short, long, default_value_t = up_srv::DEFAULT_PORT)]

@@ -40,13 +40,21 @@ pub(crate) async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    let shared = prepare(config)?;
+    let shared = prepare(config).await?;
     serve(listener, shared, shutdown).await
 }
 
-/// Opens the upload dir and cleans its partials: everything that can fail
-/// before the first connection.
-pub(crate) fn prepare(config: Config) -> Result<Arc<Shared>, ServerError> {
+/// Opens the upload dir and cleans its partials (on the blocking pool: the
+/// scan touches every partial): everything that can fail before the first
+/// connection.
+pub(crate) async fn prepare(config: Config) -> Result<Arc<Shared>, ServerError> {
+    match tokio::task::spawn_blocking(move || open_storage(config)).await {
+        Ok(r) => r,
+        Err(e) => Err(ServerError::Task(e.to_string())),
+    }
+}
+
+fn open_storage(config: Config) -> Result<Arc<Shared>, ServerError> {
     let storage = Storage::open(&config.dir, config.overwrite, config.fsync)?;
     let scan = storage.scan_partials(config.partial_max_age)?;
     if scan.removed > 0 {

@@ -403,7 +403,12 @@ impl<S: Stream> Conn<S> {
             }
         }
         self.version = version;
-        self.send(ServerMessage::Welcome { version }).await
+        let token_checked = self.shared.config.token.is_some();
+        self.send(ServerMessage::Welcome {
+            version,
+            token_checked,
+        })
+        .await
     }
 
     /// One offered file: check, accept, receive, verify and store. Refusals

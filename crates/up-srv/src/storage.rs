@@ -898,6 +898,16 @@ mod tests {
     }
 
     #[test]
+    fn a_file_as_upload_dir_is_named_as_such() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").expect("write");
+        let err = Storage::open(&file, false, false).unwrap_err();
+        assert!(err.to_string().contains("is not a directory"), "{err}");
+        assert!(!err.to_string().contains("os error"), "{err}");
+    }
+
+    #[test]
     fn unique_variant_inserts_before_the_extension() {
         assert_eq!(unique_variant("photo.jpg", 1), "photo (1).jpg");
         assert_eq!(unique_variant("README", 2), "README (2)");

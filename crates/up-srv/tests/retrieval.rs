@@ -83,7 +83,10 @@ async fn version_1_clients_never_see_present() {
     .await;
     assert_eq!(
         old.recv().await,
-        Some(ServerMessage::Welcome { version: 1 })
+        Some(ServerMessage::Welcome {
+            version: 1,
+            token_checked: false
+        })
     );
     let stored = old.upload("a.bin", b"one").await;
     assert!(
@@ -217,4 +220,24 @@ async fn get_of_a_file_changed_behind_the_servers_back_is_refused() {
         .encode(ClientMessage::Skip, &mut out)
         .expect("encode");
     c.raw(&out).await;
+}
+
+#[tokio::test]
+async fn digest_records_survive_a_restart() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("uploads");
+    let server = crate::common::start_server_in(dir.clone(), |_| {}).await;
+    let mut c = Client::connect(server.addr).await;
+    c.upload("kept.bin", b"kept across restarts").await;
+    drop(c);
+    server.stop().await;
+    let server = crate::common::start_server_in(dir, |_| {}).await;
+    let mut c = Client::connect(server.addr).await;
+    assert_eq!(
+        c.offer("kept.bin", 20).await,
+        ServerMessage::Present {
+            sha256: sha256(b"kept across restarts")
+        }
+    );
+    server.stop().await;
 }

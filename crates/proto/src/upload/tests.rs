@@ -41,7 +41,18 @@ fn client_samples() -> Vec<ClientMessage> {
 
 fn server_samples() -> Vec<ServerMessage> {
     vec![
-        ServerMessage::Welcome { version: VERSION },
+        ServerMessage::Welcome {
+            version: VERSION,
+            token_checked: true,
+        },
+        ServerMessage::Welcome {
+            version: 2,
+            token_checked: false,
+        },
+        ServerMessage::Welcome {
+            version: 1,
+            token_checked: false,
+        },
         ServerMessage::Accept {
             offset: 4 << 20,
             prefix_sha256: [7; 32],
@@ -209,7 +220,13 @@ fn empty_and_unknown_frames_are_errors() {
     // A server message sent to the server is unknown there.
     let mut buf = BytesMut::new();
     ServerCodec
-        .encode(ServerMessage::Welcome { version: 1 }, &mut buf)
+        .encode(
+            ServerMessage::Welcome {
+                version: 1,
+                token_checked: false,
+            },
+            &mut buf,
+        )
         .expect("encodes");
     assert!(matches!(
         ServerCodec.decode(&mut buf),

@@ -173,7 +173,13 @@ impl Client {
     /// Connects with no token and asserts the welcome.
     pub async fn connect(addr: SocketAddr) -> Client {
         let (c, answer) = Client::hello(addr, "").await;
-        assert_eq!(answer, ServerMessage::Welcome { version: VERSION });
+        assert_eq!(
+            answer,
+            ServerMessage::Welcome {
+                version: VERSION,
+                token_checked: false
+            }
+        );
         c
     }
 
