@@ -12,6 +12,7 @@
 //! - [`body`]: receives a raw body while hashing and writing on a blocking thread.
 //! - [`storage`]: partial files, fsync, no-clobber rename, safe names; no sockets.
 //! - [`size`]: parsing `10G`-style sizes for `--max-size`.
+//! - [`store`]: finished files in S3-compatible object storage (`--store`).
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -24,6 +25,7 @@ pub mod server;
 pub mod session;
 pub mod size;
 pub mod storage;
+pub mod store;
 
 /// Port the server listens on unless told otherwise.
 pub const DEFAULT_PORT: u16 = 9998;
