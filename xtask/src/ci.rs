@@ -52,6 +52,9 @@ const TOTAL_STEPS: usize = CARGO_STEPS.len() + 2;
 /// Runs every CI step; the first failure ends the run with its fix-it hint.
 pub fn run() -> Result<()> {
     let started = Instant::now();
+    // The store tests need a real S3-compatible server: found or installed first,
+    // or one line saying what to install before any step runs.
+    crate::s3::export().map_err(|e| anyhow::anyhow!("ci cannot run the S3 store tests: {e}"))?;
     for (i, step) in CARGO_STEPS.iter().enumerate() {
         header(i + 1, step.title, &format!("cargo {}", step.args.join(" ")));
         let status = service::cargo()
