@@ -14,6 +14,7 @@
 //! - [`e2e`]: `cargo xtask e2e`, the end-to-end checks against the real binaries.
 //! - [`ci`]: `cargo xtask ci`, fmt, clippy, tests, e2e and the quick benchmark.
 //! - [`bench`]: `cargo xtask bench`, benchmarks against same-run baselines.
+//! - [`man`]: `cargo xtask man`, man pages and shell completions under `target/dist/`.
 //! - [`soak`]: `cargo xtask soak`, the hardening tests at full size (and fuzzing).
 //! - [`clients`]: std `TcpStream` clients speaking the chat lines and the legacy upload.
 //! - [`images`]: deterministic JPEG and PNG files for the upload checks.
@@ -29,6 +30,7 @@ mod demo;
 mod e2e;
 mod images;
 mod install;
+mod man;
 mod s3;
 mod serve;
 mod service;
@@ -61,6 +63,8 @@ enum Task {
     Ci,
     /// Run the benchmarks and write docs/BENCHMARKS.md.
     Bench(bench::BenchArgs),
+    /// Write man pages and shell completions for the four tools to target/dist/.
+    Man,
     /// The hardening tests at full size (2,000 chat clients for 60 s...), optionally fuzzing.
     Soak(soak::SoakArgs),
     /// Find or install the S3-compatible server the store tests use (moto) and print its path.
@@ -81,6 +85,7 @@ fn run_task(task: Task) -> anyhow::Result<()> {
         Task::Ci => ci::run(),
         Task::Bench(args) => bench::run(args),
         Task::Soak(args) => soak::run(args),
+        Task::Man => man::run(),
         Task::S3 => s3::run(),
     }
 }

@@ -13,13 +13,14 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use proto::chat::{server_full_text, ServerLine};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::room::Registry;
+use crate::shared::Shared;
 use crate::{Config, ServerError};
 
 /// How long sessions get to say goodbye after shutdown begins; the process
@@ -28,13 +29,6 @@ const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 
 /// Longest pause between accept attempts after repeated accept errors.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
-
-/// State shared by all sessions.
-pub(crate) struct Shared {
-    pub config: Config,
-    pub registry: Registry,
-    pub shutdown: CancellationToken,
-}
 
 /// Serves chat clients on `listener` until `shutdown` completes, then tells
 /// every client, closes the connections and returns.
@@ -50,11 +44,7 @@ pub async fn run(
     let limit = Arc::new(Semaphore::new(
         config.max_clients.min(Semaphore::MAX_PERMITS),
     ));
-    let shared = Arc::new(Shared {
-        config,
-        registry: Registry::default(),
-        shutdown: token.clone(),
-    });
+    let shared = Arc::new(Shared::new(config, token.clone()));
 
     tokio::select! {
         () = accept_loop(&listener, &shared, &limit, &tracker) => {}
@@ -100,14 +90,13 @@ async fn accept_loop(
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             // The socket is fresh, so its send buffer has room: this write
             // does not block the accept loop.
-            let line = format!(
-                "! server full ({} clients), try again later\n",
-                shared.config.max_clients
-            );
-            let _ = stream.try_write(line.as_bytes());
+            let line = ServerLine::Error(&server_full_text(shared.config.max_clients)).to_bytes();
+            let _ = stream.try_write(&line);
             info!(%peer, "refused: server full");
             continue;
         };
+        // Replies are written whole; Nagle's delay would only add latency.
+        let _ = stream.set_nodelay(true);
         tracker.spawn(crate::session::serve(stream, peer, shared.clone(), permit));
     }
 }

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
-use proto::upload::{ClientCodec, ClientMessage, RefusalCode, ServerMessage, MAGIC, VERSION};
+use proto::upload::{ClientCodec, ClientMessage, RefusalCode, ServerMessage, MAGIC, MIN_VERSION};
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -58,7 +58,7 @@ impl Connection {
         };
         conn.write(&MAGIC).await?;
         conn.send(ClientMessage::Hello {
-            version: VERSION,
+            version: MIN_VERSION,
             token: opts.token.clone().unwrap_or_default(),
         })
         .await?;

@@ -27,6 +27,8 @@ use tokio::net::TcpListener;
     up-srv                                  listen on 127.0.0.1:9998, store into ./uploads\n  \
     up-srv -d /srv/uploads --token s3cret   require a shared token (or set UP_TOKEN)\n  \
     up-srv -b ::1 -p 9000 --max-size 2G     IPv6 loopback, files up to 2 GiB\n  \
+    up-srv --allow-get                      also serve `up-cli ls` and `up-cli get`\n  \
+    up-srv --store s3://bucket/up           finished files into S3 (endpoint and keys: AWS_* variables)\n  \
     RUST_LOG=debug up-srv                   verbose logs\n\n\
     Send files with `up-cli FILE...`; the original tutorial client works unmodified.\n\
     Exit codes: 0 clean shutdown (SIGINT/SIGTERM), 1 runtime error, 2 usage error."
@@ -44,33 +46,55 @@ struct Args {
     /// Replace existing files instead of storing "name (1).ext"
     #[arg(long)]
     overwrite: bool,
-    /// Largest accepted file, refused upfront (suffixes K, M, G, T)
-    #[arg(long, default_value = "64G", value_parser = up_srv::size::parse_size)]
+    /// Largest accepted file, refused upfront (e.g. 512M, 2G, 1T)
+    #[arg(long, value_name = "SIZE", default_value = "64G", value_parser = parse_size)]
     max_size: u64,
     /// Concurrent uploads; more are refused with a "too many uploads" code
-    #[arg(long, default_value_t = up_srv::DEFAULT_MAX_UPLOADS as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "COUNT", default_value_t = up_srv::DEFAULT_MAX_UPLOADS as u32, value_parser = clap::value_parser!(u32).range(1..))]
     max_uploads: u32,
-    /// Close connections that send nothing for this many seconds (partials are kept)
-    #[arg(long, default_value_t = up_srv::DEFAULT_IDLE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
-    idle_timeout: u64,
-    /// Close connections that take longer than this many seconds to send one control
-    /// message (hello, offer, start, finish, legacy size), however steadily they drip it
-    #[arg(long, value_name = "SECS", default_value_t = up_srv::DEFAULT_HEADER_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
-    header_timeout: u64,
-    /// End uploads whose body averages fewer than this many bytes per second over a
-    /// 30 s window (partials are kept for resume); 0 = no minimum
-    #[arg(long, value_name = "BYTES_PER_SEC", default_value_t = up_srv::DEFAULT_MIN_RATE)]
+    /// Close connections that send nothing for this long (e.g. 30s, 5m); partials are kept
+    #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// Close connections that take longer than this to send one control message
+    /// (hello, offer, start, finish, legacy size), however steadily they drip it
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    header_timeout: Duration,
+    /// End uploads whose body averages less than this per second over a 30 s window
+    /// (e.g. 1K; partials are kept for resume); 0 = no minimum
+    #[arg(long, value_name = "SIZE", default_value = "1K", value_parser = parse_size)]
     min_rate: u64,
     /// Shared token binary clients must present; legacy-form clients, which cannot send one, are then refused
     #[arg(long, env = "UP_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Serve `up-cli ls` and `up-cli get` (listing and downloading stored files);
+    /// off by default, and with --token the token is required for them too
+    #[arg(long)]
+    allow_get: bool,
+    /// Put finished, verified files into S3-compatible object storage at
+    /// s3://BUCKET/PREFIX instead of --dir (which then holds only partials);
+    /// endpoint, region and keys come from AWS_ENDPOINT_URL, AWS_REGION,
+    /// AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
     /// Skip fsync of files and directories. UNSAFE: a crash or power loss may
     /// lose or tear files already reported stored; for benchmarks only
     #[arg(long)]
     no_fsync: bool,
-    /// Remove partial uploads untouched for longer than this many seconds at start
-    #[arg(long, default_value_t = up_srv::DEFAULT_PARTIAL_MAX_AGE.as_secs())]
-    partial_max_age: u64,
+    /// Remove partial uploads untouched for longer than this at start (e.g. 7d, 12h)
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = up_srv::duration::parse_duration)]
+    partial_max_age: Duration,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    proto::size::parse_size(s).map_err(|e| e.to_string())
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = up_srv::duration::parse_duration(s)?;
+    if d.is_zero() {
+        return Err(format!("duration '{s}' must be more than 0"));
+    }
+    Ok(d)
 }
 
 fn main() -> ExitCode {
@@ -87,7 +111,7 @@ fn main() -> ExitCode {
     match serve(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("up-srv: error: {e:#}");
+            eprintln!("error: {e:#}");
             ExitCode::from(1)
         }
     }
@@ -103,16 +127,28 @@ fn serve(args: Args) -> anyhow::Result<()> {
         overwrite: args.overwrite,
         max_size: args.max_size,
         max_uploads: args.max_uploads as usize,
-        idle_timeout: Duration::from_secs(args.idle_timeout),
-        header_timeout: Duration::from_secs(args.header_timeout),
+        idle_timeout: args.idle_timeout,
+        header_timeout: args.header_timeout,
         min_rate: args.min_rate,
         min_rate_window: up_srv::MIN_RATE_WINDOW,
         token: args.token.filter(|t| !t.is_empty()),
         fsync: !args.no_fsync,
-        partial_max_age: Duration::from_secs(args.partial_max_age),
+        partial_max_age: args.partial_max_age,
+        allow_get: args.allow_get,
+        store: None,
     };
     let addr = SocketAddr::new(args.bind, args.port);
+    let store_url = args.store;
     let result = runtime.block_on(async move {
+        let mut config = config;
+        if let Some(url) = store_url {
+            let store = up_srv::store::Store::connect(&url, Default::default()).await?;
+            tracing::info!(
+                "storing finished files in {url} ({:?})",
+                store.verification()
+            );
+            config.store = Some(store);
+        }
         let listener = TcpListener::bind(addr).await.map_err(|e| {
             let hint = match e.kind() {
                 std::io::ErrorKind::AddrInUse => " (another up-srv running? try --port)",
@@ -155,5 +191,24 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_defaults_match_the_library_defaults() {
+        let args = Args::parse_from(["up-srv"]);
+        assert_eq!(args.max_size, up_srv::DEFAULT_MAX_SIZE);
+        assert_eq!(args.idle_timeout, up_srv::DEFAULT_IDLE_TIMEOUT);
+        assert_eq!(args.header_timeout, up_srv::DEFAULT_HEADER_TIMEOUT);
+        assert_eq!(args.min_rate, up_srv::DEFAULT_MIN_RATE);
+        assert_eq!(args.partial_max_age, up_srv::DEFAULT_PARTIAL_MAX_AGE);
+        let args = Args::parse_from(["up-srv", "--idle-timeout", "30s", "--partial-max-age", "2"]);
+        assert_eq!(args.idle_timeout, Duration::from_secs(30));
+        assert_eq!(args.partial_max_age, Duration::from_secs(2));
+        assert!(Args::try_parse_from(["up-srv", "--idle-timeout", "0s"]).is_err());
     }
 }

@@ -2,6 +2,8 @@
 //! free loopback port: puts with verification, no clobber between two nodes,
 //! reruns, listing, verified downloads, and the store cut mid-put.
 
+#[path = "common/mod.rs"]
+mod common;
 mod s3;
 
 use std::path::{Path, PathBuf};
@@ -62,6 +64,10 @@ fn make_file(dir: &Path, name: &str, len: usize, seed: u8) -> (PathBuf, [u8; 32]
     (path, Sha256::digest(&bytes).into())
 }
 
+fn fopen(path: &Path) -> std::fs::File {
+    std::fs::File::open(path).expect("opening a test file")
+}
+
 async fn downloaded(store: &Store, name: &str) -> Vec<u8> {
     let d = within(store.download(name, 0)).await.expect("download");
     within(collect(d.bytes)).await.expect("download bytes")
@@ -87,14 +93,14 @@ async fn put_lands_verified_with_its_record_and_lists() {
     let (file, digest) = make_file(tmp.path(), "a", 100 * 1024, 1);
     let (empty, empty_digest) = make_file(tmp.path(), "e", 0, 0);
 
-    let put = within(store.put_file(&file, "dir/photo.jpg", digest, 100 * 1024, false))
+    let put = within(store.put_file(fopen(&file), "dir/photo.jpg", digest, 100 * 1024, false))
         .await
         .unwrap();
     assert_eq!(
         (put.name.as_str(), put.outcome),
         ("dir/photo.jpg", Outcome::Stored)
     );
-    let put = within(store.put_file(&empty, "empty", empty_digest, 0, false))
+    let put = within(store.put_file(fopen(&empty), "empty", empty_digest, 0, false))
         .await
         .unwrap();
     assert_eq!(put.outcome, Outcome::Stored);
@@ -143,10 +149,10 @@ async fn rerun_of_the_same_bytes_stores_nothing_new() {
     let (a, da) = make_file(tmp.path(), "a", 4096, 2);
     let (b, db) = make_file(tmp.path(), "b", 4096, 3);
 
-    let first = within(store.put_file(&a, "x.txt", da, 4096, false))
+    let first = within(store.put_file(fopen(&a), "x.txt", da, 4096, false))
         .await
         .unwrap();
-    let again = within(store.put_file(&a, "x.txt", da, 4096, false))
+    let again = within(store.put_file(fopen(&a), "x.txt", da, 4096, false))
         .await
         .unwrap();
     assert_eq!(
@@ -156,14 +162,14 @@ async fn rerun_of_the_same_bytes_stores_nothing_new() {
     assert_eq!(again.name, "x.txt");
 
     // Different bytes under a taken name get the next free name; their rerun finds it.
-    let other = within(store.put_file(&b, "x.txt", db, 4096, false))
+    let other = within(store.put_file(fopen(&b), "x.txt", db, 4096, false))
         .await
         .unwrap();
     assert_eq!(
         (other.name.as_str(), other.outcome),
         ("x (1).txt", Outcome::Stored)
     );
-    let other_again = within(store.put_file(&b, "x.txt", db, 4096, false))
+    let other_again = within(store.put_file(fopen(&b), "x.txt", db, 4096, false))
         .await
         .unwrap();
     assert_eq!(
@@ -179,7 +185,7 @@ async fn rerun_of_the_same_bytes_stores_nothing_new() {
     assert_eq!(names, ["x (1).txt", "x.txt"]);
 
     // --overwrite replaces in place.
-    let over = within(store.put_file(&b, "x.txt", db, 4096, true))
+    let over = within(store.put_file(fopen(&b), "x.txt", db, 4096, true))
         .await
         .unwrap();
     assert_eq!(
@@ -209,7 +215,7 @@ async fn two_nodes_putting_one_name_at_once_never_clobber() {
         };
         puts.push(tokio::spawn(async move {
             let put = node
-                .put_file(&file, "same.bin", digest, 50_000, false)
+                .put_file(fopen(&file), "same.bin", digest, 50_000, false)
                 .await;
             (put, digest)
         }));
@@ -243,7 +249,7 @@ async fn large_file_goes_up_in_parts_and_verifies() {
     let tmp = tempfile::tempdir().unwrap();
     let len = 2 * PART_SIZE + 12_345;
     let (file, digest) = make_file(tmp.path(), "big", len, 4);
-    let put = within(store.put_file(&file, "big.iso", digest, len as u64, false))
+    let put = within(store.put_file(fopen(&file), "big.iso", digest, len as u64, false))
         .await
         .unwrap();
     assert_eq!(put.outcome, Outcome::Stored);
@@ -269,7 +275,7 @@ async fn a_local_file_that_changed_after_verification_is_not_stored() {
     let (small, _) = make_file(tmp.path(), "s", 1000, 5);
     let (big, _) = make_file(tmp.path(), "b", PART_SIZE + 1, 6);
     for (file, len) in [(small, 1000u64), (big, PART_SIZE as u64 + 1)] {
-        let err = within(store.put_file(&file, "f", [9; 32], len, false))
+        let err = within(store.put_file(fopen(&file), "f", [9; 32], len, false))
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::LocalChanged { .. }), "{err}");
@@ -291,7 +297,7 @@ async fn store_cut_mid_put_is_unavailable_and_the_rerun_completes() {
     let (file, digest) = make_file(tmp.path(), "f", len, 7);
 
     proxy.cut_after(PART_SIZE as u64 + 1000);
-    let err = within(store.put_file(&file, "cut.bin", digest, len as u64, false))
+    let err = within(store.put_file(fopen(&file), "cut.bin", digest, len as u64, false))
         .await
         .unwrap_err();
     within(proxy.wait_cut()).await;
@@ -301,7 +307,7 @@ async fn store_cut_mid_put_is_unavailable_and_the_rerun_completes() {
     assert!(within(store.stored("cut.bin")).await.unwrap().is_none());
     assert!(within(store.list("")).await.unwrap().is_empty());
 
-    let rerun = within(store.put_file(&file, "cut.bin", digest, len as u64, false))
+    let rerun = within(store.put_file(fopen(&file), "cut.bin", digest, len as u64, false))
         .await
         .unwrap();
     assert_eq!(
@@ -328,7 +334,7 @@ async fn a_pending_claim_left_by_a_cut_is_completed_by_the_same_bytes_only() {
     // Let the claim (a small record PUT) through, cut the data PUT after it, so
     // the release fails too and a pending record is left behind.
     proxy.cut_after(1500);
-    let err = within(store.put_file(&file, "p.txt", digest, 3000, false))
+    let err = within(store.put_file(fopen(&file), "p.txt", digest, 3000, false))
         .await
         .unwrap_err();
     assert!(err.is_unavailable(), "{err}");
@@ -337,10 +343,10 @@ async fn a_pending_claim_left_by_a_cut_is_completed_by_the_same_bytes_only() {
     let left = within(direct.record("p.txt")).await.unwrap();
     assert_eq!(left.map(|r| r.state), Some(State::Pending));
     assert!(within(direct.stored("p.txt")).await.unwrap().is_none());
-    let put = within(direct.put_file(&other, "p.txt", other_digest, 3000, false))
+    let put = within(direct.put_file(fopen(&other), "p.txt", other_digest, 3000, false))
         .await
         .unwrap();
-    let rerun = within(direct.put_file(&file, "p.txt", digest, 3000, false))
+    let rerun = within(direct.put_file(fopen(&file), "p.txt", digest, 3000, false))
         .await
         .unwrap();
     // Other bytes may not take the pending name; the same bytes complete it.
@@ -361,7 +367,7 @@ async fn a_flipped_byte_in_the_store_fails_the_download() {
     let store = open(&server.endpoint(), "s3://uploads/p").await;
     let tmp = tempfile::tempdir().unwrap();
     let (file, digest) = make_file(tmp.path(), "f", 10_000, 11);
-    within(store.put_file(&file, "rot.bin", digest, 10_000, false))
+    within(store.put_file(fopen(&file), "rot.bin", digest, 10_000, false))
         .await
         .unwrap();
 
@@ -459,4 +465,93 @@ async fn the_probe_finds_how_puts_are_verified() {
     let store = open(&server.endpoint(), "s3://uploads").await;
     // moto 5 accepts a wrong x-amz-checksum-sha256, so every put is read back.
     assert_eq!(store.verification(), up_srv::store::Verification::ReadBack);
+}
+
+/// An in-process up-srv whose finished files go into `store`.
+async fn up_srv_on(store: &Store) -> common::TestServer {
+    let store = store.clone();
+    common::start_server_with(move |c| {
+        c.store = Some(store);
+        c.allow_get = true;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn up_srv_reports_stored_only_once_the_store_holds_the_file() {
+    use proto::upload::ServerMessage;
+    let server = S3Server::start();
+    create_bucket(server.addr, "uploads").await;
+    let store = open(&server.endpoint(), "s3://uploads/node").await;
+    let srv = up_srv_on(&store).await;
+    let data = common::data(300_000, 21);
+
+    let mut client = common::Client::connect(srv.addr).await;
+    let answer = within(client.upload("pics/a.jpg", &data)).await;
+    assert!(
+        matches!(&answer, ServerMessage::Stored { name, .. } if name == "pics/a.jpg"),
+        "{answer:?}"
+    );
+    // Nothing under the upload dir: no final file, no partial left.
+    assert!(srv.stored().is_empty(), "{:?}", srv.stored());
+    assert!(srv.partials().is_empty(), "{:?}", srv.partials());
+    assert_eq!(
+        within(store.verify("pics/a.jpg")).await.unwrap().sha256,
+        common::sha256(&data)
+    );
+
+    // A rerun hears the recorded digest from the store before sending anything.
+    let mut again = common::Client::connect(srv.addr).await;
+    let answer = within(again.offer("pics/a.jpg", data.len() as u64)).await;
+    assert!(
+        matches!(answer, ServerMessage::Present { sha256 } if sha256 == common::sha256(&data)),
+        "{answer:?}"
+    );
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn up_srv_keeps_the_partial_while_the_store_is_cut_and_the_rerun_finishes() {
+    use proto::upload::{RefusalCode, ServerMessage};
+    let server = S3Server::start();
+    create_bucket(server.addr, "uploads").await;
+    let proxy = CutProxy::start(server.addr).await;
+    let store = open(&proxy.endpoint(), "s3://uploads").await;
+    let srv = up_srv_on(&store).await;
+    let data = common::data(PART_SIZE * 2 + 99, 22);
+
+    proxy.cut_after(PART_SIZE as u64 / 2);
+    let mut client = common::Client::connect(srv.addr).await;
+    let answer = within(client.upload("big.bin", &data)).await;
+    assert!(
+        matches!(
+            answer,
+            ServerMessage::Refuse {
+                code: RefusalCode::StoreUnavailable,
+                ..
+            }
+        ),
+        "{answer:?}"
+    );
+    within(proxy.wait_cut()).await;
+    assert!(!srv.partials().is_empty(), "the complete partial is kept");
+    proxy.restore();
+    assert!(within(store.stored("big.bin")).await.unwrap().is_none());
+
+    let answer = within(client.offer("big.bin", data.len() as u64)).await;
+    let ServerMessage::Accept { offset, .. } = answer else {
+        panic!("expected a resume, got {answer:?}");
+    };
+    assert_eq!(offset, data.len() as u64, "the server held every byte");
+    let answer = within(client.body_and_finish(&data, offset, common::sha256(&data))).await;
+    assert!(
+        matches!(&answer, ServerMessage::Stored { name, .. } if name == "big.bin"),
+        "{answer:?}"
+    );
+    assert!(srv.partials().is_empty());
+    assert_eq!(
+        within(store.verify("big.bin")).await.unwrap().sha256,
+        common::sha256(&data)
+    );
+    srv.stop().await;
 }

@@ -6,7 +6,8 @@
 //! servers with SIGTERM and prints a table. Any failed check makes the task fail.
 //!
 //! - chat: a scripted `chat-cli` session, `chat-cli -m`, two std clients that see each
-//!   other's messages, and the original client's unterminated messages in lock-step;
+//!   other's messages, the original client's unterminated messages in lock-step, and
+//!   `chat-cli`'s line editor in a real terminal (tmux; see `chat.rs`);
 //! - upload: generated JPEG and PNG images (a few KiB to tens of MiB, cached under
 //!   `target/e2e/images`) plus 0/1023/1024/1025-byte files through `up-cli` (several
 //!   files in one call and a `-r` directory), each stored file hashed against its
@@ -29,6 +30,8 @@ use crate::clients::{self, ChatClient, REPLY_SUFFIX, WELCOME};
 use crate::images::{self, ImageSpec};
 use crate::service::{self, Bins, Service};
 use crate::verify::{self, StoredLine};
+
+mod chat;
 
 /// Options of `cargo xtask e2e`.
 #[derive(Debug, Clone, clap::Args)]
@@ -100,6 +103,9 @@ pub fn run(args: E2eArgs) -> Result<()> {
     report.check("chat: chat-cli -m one message", || ctx.chat_cli_message());
     report.check("chat: two clients see each other", || ctx.two_clients());
     report.check("chat: original client, no newline", || ctx.unterminated());
+    report.check("chat: line editor in a terminal (tmux)", || {
+        chat::line_editor(&ctx.bins.chat_cli, ctx.chat_addr, &work)
+    });
     report.check("upload: several files, one call", || ctx.upload_many());
     report.check("upload: directory with -r", || ctx.upload_dir());
     report.check("upload: interrupted, then resumed", || ctx.upload_resume());

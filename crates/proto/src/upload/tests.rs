@@ -25,6 +25,17 @@ fn client_samples() -> Vec<ClientMessage> {
         ClientMessage::Start { offset: 0 },
         ClientMessage::Start { offset: u64::MAX },
         ClientMessage::Finish { sha256: [0xab; 32] },
+        ClientMessage::Skip,
+        ClientMessage::Proceed,
+        ClientMessage::List {
+            prefix: String::new(),
+        },
+        ClientMessage::List {
+            prefix: "photos/".into(),
+        },
+        ClientMessage::Get {
+            name: "photos/a b.jpg".into(),
+        },
     ]
 }
 
@@ -46,6 +57,18 @@ fn server_samples() -> Vec<ServerMessage> {
         ServerMessage::Refuse {
             code: RefusalCode::Other(999),
             reason: String::new(),
+        },
+        ServerMessage::Present { sha256: [9; 32] },
+        ServerMessage::Entry {
+            name: "photos/a.jpg".into(),
+            size: 39 << 20,
+            mtime: 1_700_000_000,
+            sha256: [3; 32],
+        },
+        ServerMessage::ListEnd { count: 2 },
+        ServerMessage::Sending {
+            size: 7,
+            sha256: [4; 32],
         },
     ]
 }
@@ -265,12 +288,28 @@ fn overlong_fields_are_refused_when_encoding() {
 
 #[test]
 fn refusal_codes_round_trip() {
-    for v in 0..=40u16 {
+    for v in 0..=60u16 {
         assert_eq!(RefusalCode::from_u16(v).to_u16(), v);
     }
+    assert_eq!(RefusalCode::from_u16(41), RefusalCode::NotFound);
     assert_eq!(RefusalCode::Busy.label(), "busy");
     assert_eq!(RefusalCode::from_u16(33), RefusalCode::HeaderTooSlow);
     assert_eq!(RefusalCode::from_u16(34), RefusalCode::BodyTooSlow);
+}
+
+#[test]
+fn refusals_that_close_the_connection_are_the_out_of_sync_ones() {
+    let closing: Vec<u16> = (0..=60u16)
+        .map(RefusalCode::from_u16)
+        .filter(|c| !matches!(c, RefusalCode::Other(_)) && c.closes_connection())
+        .map(RefusalCode::to_u16)
+        .collect();
+    assert_eq!(closing, [1, 2, 3, 21, 30, 31, 32, 33, 34]);
+    assert!(!RefusalCode::DigestMismatch.closes_connection());
+    assert!(
+        RefusalCode::Other(999).closes_connection(),
+        "unknown: assume closed"
+    );
 }
 
 #[test]

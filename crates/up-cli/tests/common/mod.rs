@@ -138,7 +138,7 @@ pub fn up_cli(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
 
 pub fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest as _;
-    proto::upload::hex(&sha2::Sha256::digest(data).into())
+    proto::upload::hex(&sha2::Sha256::digest(data))
 }
 
 pub fn data(len: usize, seed: u8) -> Vec<u8> {

@@ -26,7 +26,7 @@ use object_store::{
     PutPayload,
 };
 use sha2::{Digest as _, Sha256};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::record::{hex, Record, State};
 use super::{
@@ -75,12 +75,13 @@ enum Claim {
 }
 
 impl Store {
-    /// Puts the local `file`, already verified to have `sha256` and `size`, under
+    /// Puts the local `file` (read from its start; the session passes its
+    /// finished partial), already verified to have `sha256` and `size`, under
     /// `name` or the first free `name (n).ext`; with `overwrite`, under `name`
     /// whatever was there. Returns only once the store holds the verified bytes.
     pub async fn put_file(
         &self,
-        file: &std::path::Path,
+        file: std::fs::File,
         name: &str,
         sha256: [u8; 32],
         size: u64,
@@ -88,6 +89,10 @@ impl Store {
     ) -> Result<Put, StoreError> {
         validate_store_name(name)?;
         let want = Record::pending(sha256, size);
+        let file = &mut Local {
+            file: tokio::fs::File::from_std(file),
+            label: format!("the local copy of '{name}'"),
+        };
         if overwrite {
             self.write_record(name, &want).await?;
             self.fill(name, file, &want, Fill::Replace).await?;
@@ -188,7 +193,7 @@ impl Store {
     async fn fill(
         &self,
         name: &str,
-        file: &std::path::Path,
+        file: &mut Local,
         want: &Record,
         mode: Fill,
     ) -> Result<(), StoreError> {
@@ -221,23 +226,17 @@ impl Store {
     async fn put_single(
         &self,
         key: &Path,
-        file: &std::path::Path,
+        file: &mut Local,
         want: &Record,
         mode: Fill,
     ) -> Result<(), StoreError> {
         let _buffer = self.parts.acquire().await;
-        let bytes = tokio::fs::read(file)
-            .await
-            .map_err(|source| StoreError::Local {
-                path: file.display().to_string(),
-                source,
-            })?;
-        check_local(
-            file,
-            want,
-            bytes.len() as u64,
-            Sha256::digest(&bytes).into(),
-        )?;
+        let mut bytes = Vec::with_capacity(want.size as usize);
+        file.rewind().await?;
+        let read = file.file.read_to_end(&mut bytes).await;
+        read.map_err(|e| file.error(e))?;
+        let digest = Sha256::digest(&bytes).into();
+        check_local(&file.label, want, bytes.len() as u64, digest)?;
         let opts = PutOptions {
             mode: match mode {
                 Fill::Fresh => PutMode::Create,
@@ -260,7 +259,7 @@ impl Store {
     async fn put_multipart(
         &self,
         key: &Path,
-        file: &std::path::Path,
+        file: &mut Local,
         want: &Record,
     ) -> Result<(), StoreError> {
         let opts = PutMultipartOptions {
@@ -294,14 +293,10 @@ impl Store {
         &self,
         upload: &mut dyn MultipartUpload,
         key: &Path,
-        file: &std::path::Path,
+        file: &mut Local,
         want: &Record,
     ) -> Result<(), StoreError> {
-        let local = |source| StoreError::Local {
-            path: file.display().to_string(),
-            source,
-        };
-        let mut reader = tokio::fs::File::open(file).await.map_err(local)?;
+        file.rewind().await?;
         let mut hasher = Sha256::new();
         let mut read = 0u64;
         let mut in_flight = FuturesUnordered::new();
@@ -314,7 +309,13 @@ impl Store {
                 .expect("the part semaphore is never closed");
             let mut buf = BytesMut::with_capacity(PART_SIZE);
             while buf.len() < PART_SIZE {
-                if reader.read_buf(&mut buf).await.map_err(local)? == 0 {
+                if file
+                    .file
+                    .read_buf(&mut buf)
+                    .await
+                    .map_err(|e| file.error(e))?
+                    == 0
+                {
                     break;
                 }
             }
@@ -325,7 +326,7 @@ impl Store {
             read += buf.len() as u64;
             if read > want.size {
                 return Err(changed(
-                    file,
+                    &file.label,
                     format!("longer than the verified {} bytes", want.size),
                 ));
             }
@@ -348,7 +349,7 @@ impl Store {
         while let Some(sent) = in_flight.next().await {
             sent.map_err(|e| unavailable("putting a part of", key, e))?;
         }
-        check_local(file, want, read, hasher.finalize().into())
+        check_local(&file.label, want, read, hasher.finalize().into())
     }
 
     /// Proves the object under `key` holds `want`'s bytes.
@@ -398,13 +399,30 @@ fn digest_attributes(want: &Record) -> Attributes {
     attributes
 }
 
+/// The local file being put, read from its start by each attempt.
+struct Local {
+    file: tokio::fs::File,
+    label: String,
+}
+
+impl Local {
+    async fn rewind(&mut self) -> Result<(), StoreError> {
+        match self.file.seek(std::io::SeekFrom::Start(0)).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.error(e)),
+        }
+    }
+
+    fn error(&self, source: std::io::Error) -> StoreError {
+        StoreError::Local {
+            path: self.label.clone(),
+            source,
+        }
+    }
+}
+
 /// Fails unless what was read from `file` is the verified size and digest.
-fn check_local(
-    file: &std::path::Path,
-    want: &Record,
-    size: u64,
-    sha256: [u8; 32],
-) -> Result<(), StoreError> {
+fn check_local(file: &str, want: &Record, size: u64, sha256: [u8; 32]) -> Result<(), StoreError> {
     if size != want.size {
         return Err(changed(
             file,
@@ -420,9 +438,9 @@ fn check_local(
     Ok(())
 }
 
-fn changed(file: &std::path::Path, detail: String) -> StoreError {
+fn changed(file: &str, detail: String) -> StoreError {
     StoreError::LocalChanged {
-        path: file.display().to_string(),
+        path: file.to_string(),
         detail,
     }
 }

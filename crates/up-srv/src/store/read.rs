@@ -38,6 +38,21 @@ pub struct Listed {
     pub modified: SystemTime,
 }
 
+impl From<Listed> for crate::storage::Listed {
+    /// The same entry as the upload dir's listing gives, for the `ls` reply.
+    fn from(l: Listed) -> Self {
+        crate::storage::Listed {
+            name: l.name,
+            size: l.size,
+            mtime: l
+                .modified
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            sha256: l.sha256,
+        }
+    }
+}
+
 /// A verified download in progress: the record, then the bytes from the
 /// requested offset; the stream's last item is an error if the whole object
 /// did not hash to the record.
