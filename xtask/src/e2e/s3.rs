@@ -93,26 +93,39 @@ impl Setup {
         let server = crate::s3::server().map_err(anyhow::Error::msg)?;
         let moto = Moto::start(&server, &dir.join("moto.log"))?;
         let (status, body) = http(moto.addr, "PUT", &format!("/{BUCKET}"))?;
-        ensure!(status == 200, "creating the bucket: HTTP {status} {}", String::from_utf8_lossy(&body));
+        ensure!(
+            status == 200,
+            "creating the bucket: HTTP {status} {}",
+            String::from_utf8_lossy(&body)
+        );
         let proxy = CutProxy::start(moto.addr)?;
         let bins = Bins::new(bins.up_srv.parent().context("binary dir")?)?;
         let node = |name: &str, store: SocketAddr| -> Result<Node> {
             let addr = free_port()?;
             let mut cmd = Command::new(&bins.up_srv);
-            cmd.args(["-b", "127.0.0.1", "-p", &addr.port().to_string(), "--allow-get"])
-                .arg("-d")
-                .arg(dir.join(name))
-                .arg("--store")
-                .arg(format!("s3://{BUCKET}/{PREFIX}"))
-                .env("AWS_ENDPOINT_URL", format!("http://{store}"))
-                .env("AWS_ACCESS_KEY_ID", "e2e")
-                .env("AWS_SECRET_ACCESS_KEY", "e2e")
-                .env("AWS_REGION", "us-east-1")
-                .env("NO_COLOR", "1")
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(dir.join(format!("{name}.log")))?);
+            cmd.args([
+                "-b",
+                "127.0.0.1",
+                "-p",
+                &addr.port().to_string(),
+                "--allow-get",
+            ])
+            .arg("-d")
+            .arg(dir.join(name))
+            .arg("--store")
+            .arg(format!("s3://{BUCKET}/{PREFIX}"))
+            .env("AWS_ENDPOINT_URL", format!("http://{store}"))
+            .env("AWS_ACCESS_KEY_ID", "e2e")
+            .env("AWS_SECRET_ACCESS_KEY", "e2e")
+            .env("AWS_REGION", "us-east-1")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(format!("{name}.log")))?);
             let service = Service::start("up-srv", cmd, addr).with_context(|| {
-                format!("up-srv node {name} did not start; see {}", dir.join(format!("{name}.log")).display())
+                format!(
+                    "up-srv node {name} did not start; see {}",
+                    dir.join(format!("{name}.log")).display()
+                )
             })?;
             Ok(Node {
                 addr,
@@ -134,7 +147,11 @@ impl Setup {
     }
 
     /// Runs up-cli against `node`; `Ok(Err(stderr))` when it failed.
-    fn up_cli(&self, node: &Node, args: &[&std::ffi::OsStr]) -> Result<Result<Vec<StoredLine>, String>> {
+    fn up_cli(
+        &self,
+        node: &Node,
+        args: &[&std::ffi::OsStr],
+    ) -> Result<Result<Vec<StoredLine>, String>> {
         let mut cmd = self.bins.up_cli(node.addr);
         cmd.arg("-q").args(args);
         let out = service::output_with_timeout(cmd, b"", UPLOAD_TIMEOUT)?;
@@ -142,12 +159,18 @@ impl Setup {
         if !out.status.success() {
             return Ok(Err(stderr));
         }
-        Ok(Ok(verify::parse_stored_lines(&String::from_utf8_lossy(&out.stdout))?))
+        Ok(Ok(verify::parse_stored_lines(&String::from_utf8_lossy(
+            &out.stdout,
+        ))?))
     }
 
     /// The object under `name` and its record, read straight from the server.
     fn object(&self, name: &str) -> Result<(String, String)> {
-        let (status, bytes) = http(self.moto.addr, "GET", &format!("/{BUCKET}/{PREFIX}/{}", encode(name)))?;
+        let (status, bytes) = http(
+            self.moto.addr,
+            "GET",
+            &format!("/{BUCKET}/{PREFIX}/{}", encode(name)),
+        )?;
         ensure!(status == 200, "GET of object {name}: HTTP {status}");
         let (status, record) = http(
             self.moto.addr,
@@ -161,15 +184,24 @@ impl Setup {
             .find_map(|l| l.strip_prefix("sha256 "))
             .with_context(|| format!("record of {name} has no sha256 line: {record:?}"))?
             .to_string();
-        ensure!(record.contains("state stored"), "record of {name} is not stored: {record:?}");
+        ensure!(
+            record.contains("state stored"),
+            "record of {name} is not stored: {record:?}"
+        );
         Ok((hex(&Sha256::digest(&bytes)), recorded))
     }
 
     /// Fails unless `name` is in the store with the bytes of `digest`.
     fn holds(&self, name: &str, digest: &str) -> Result<()> {
         let (actual, recorded) = self.object(name)?;
-        ensure!(actual == digest, "{name}: the object hashes to {actual}, the source to {digest}");
-        ensure!(recorded == digest, "{name}: recorded {recorded}, the source is {digest}");
+        ensure!(
+            actual == digest,
+            "{name}: the object hashes to {actual}, the source to {digest}"
+        );
+        ensure!(
+            recorded == digest,
+            "{name}: recorded {recorded}, the source is {digest}"
+        );
         Ok(())
     }
 
@@ -191,14 +223,21 @@ impl Setup {
 
     fn uploads(&self, sources: &[&Source]) -> Result<String> {
         let args: Vec<&std::ffi::OsStr> = sources.iter().map(|s| s.path.as_os_str()).collect();
-        let lines = self.up_cli(&self.a, &args)?.map_err(|e| anyhow::anyhow!("up-cli failed: {}", super::tail(&e)))?;
+        let lines = self
+            .up_cli(&self.a, &args)?
+            .map_err(|e| anyhow::anyhow!("up-cli failed: {}", super::tail(&e)))?;
         for source in sources {
             let name = source.file_name();
             let line = lines
                 .iter()
                 .find(|l| l.name == name)
                 .with_context(|| format!("up-cli printed no line for {name}: {lines:?}"))?;
-            ensure!(line.digest == source.digest, "{name}: up-cli printed {}, the source is {}", line.digest, source.digest);
+            ensure!(
+                line.digest == source.digest,
+                "{name}: up-cli printed {}, the source is {}",
+                line.digest,
+                source.digest
+            );
             self.holds(&name, &source.digest)?;
         }
         let total: u64 = sources.iter().map(|s| s.len).sum();
@@ -212,16 +251,23 @@ impl Setup {
     fn rerun(&self, sources: &[&Source]) -> Result<String> {
         let before = self.object_count()?;
         let args: Vec<&std::ffi::OsStr> = sources.iter().map(|s| s.path.as_os_str()).collect();
-        let lines = self.up_cli(&self.b, &args)?.map_err(|e| anyhow::anyhow!("up-cli failed: {}", super::tail(&e)))?;
+        let lines = self
+            .up_cli(&self.b, &args)?
+            .map_err(|e| anyhow::anyhow!("up-cli failed: {}", super::tail(&e)))?;
         for source in sources {
             let name = source.file_name();
             ensure!(
-                lines.iter().any(|l| l.name == name && l.digest == source.digest),
+                lines
+                    .iter()
+                    .any(|l| l.name == name && l.digest == source.digest),
                 "the rerun did not report {name} under its own name: {lines:?}"
             );
         }
         let after = self.object_count()?;
-        ensure!(after == before, "the rerun added objects: {before} before, {after} after");
+        ensure!(
+            after == before,
+            "the rerun added objects: {before} before, {after} after"
+        );
         Ok(format!("same names through node B, still {after} objects"))
     }
 
@@ -256,7 +302,11 @@ impl Setup {
             );
             let lines = verify::parse_stored_lines(&String::from_utf8_lossy(&out.stdout))?;
             let line = lines.first().context("up-cli printed no stored line")?;
-            ensure!(line.digest == source.digest, "{}: wrong digest printed", line.name);
+            ensure!(
+                line.digest == source.digest,
+                "{}: wrong digest printed",
+                line.name
+            );
             self.holds(&line.name, &source.digest)?;
             names.push(line.name.clone());
         }
@@ -284,7 +334,10 @@ impl Setup {
             "up-cli's error does not mention the store: {}",
             super::tail(&stderr)
         );
-        ensure!(self.object_count()? == before, "a cut put left an object behind");
+        ensure!(
+            self.object_count()? == before,
+            "a cut put left an object behind"
+        );
         let lines = self
             .up_cli(&self.c, &[source.path.as_os_str()])?
             .map_err(|e| anyhow::anyhow!("the rerun failed: {}", super::tail(&e)))?;
@@ -319,7 +372,11 @@ impl Moto {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("http://").nth(1).and_then(|a| a.trim().parse::<SocketAddr>().ok()) {
+                if let Some(addr) = line
+                    .split("http://")
+                    .nth(1)
+                    .and_then(|a| a.trim().parse::<SocketAddr>().ok())
+                {
                     let _ = tx.send(addr);
                 }
                 let _ = writeln!(log, "{line}");
@@ -330,7 +387,10 @@ impl Moto {
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                bail!("{} printed no address within {START_DEADLINE:?}", server.display())
+                bail!(
+                    "{} printed no address within {START_DEADLINE:?}",
+                    server.display()
+                )
             }
         }
     }
@@ -379,7 +439,9 @@ impl CutProxy {
                 if cut.load(Ordering::SeqCst) {
                     continue;
                 }
-                let Ok(server) = TcpStream::connect(upstream) else { continue };
+                let Ok(server) = TcpStream::connect(upstream) else {
+                    continue;
+                };
                 if let (Ok(c), Ok(s)) = (client.try_clone(), server.try_clone()) {
                     let mut open = open.lock().unwrap_or_else(|p| p.into_inner());
                     open.push(c);
@@ -484,7 +546,9 @@ fn http(addr: SocketAddr, method: &str, path: &str) -> Result<(u16, Vec<u8>)> {
         .and_then(|c| c.parse().ok())
         .with_context(|| format!("bad status line in {head:?}"))?;
     ensure!(
-        !head.to_ascii_lowercase().contains("transfer-encoding: chunked"),
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
         "chunked replies are not handled here"
     );
     Ok((status, reply[split + 4..].to_vec()))
