@@ -15,9 +15,14 @@
 //! The path is exported as `UP_SRV_TEST_S3_SERVER` so the tests that
 //! `cargo test` runs find the same server.
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
 
 use crate::install;
 use crate::service::project_root;
@@ -27,6 +32,12 @@ pub const MOTO_VERSION: &str = "5.2.5";
 
 /// Variable naming the `moto_server` executable for tests and e2e.
 pub const SERVER_ENV: &str = "UP_SRV_TEST_S3_SERVER";
+
+/// How long moto may take to print its address.
+const START_DEADLINE: Duration = Duration::from_secs(60);
+
+/// A stalled request to moto fails instead of hanging.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The venv xtask installs moto into.
 pub fn install_dir() -> PathBuf {
@@ -94,4 +105,87 @@ pub fn run() -> anyhow::Result<()> {
     let path = server().map_err(anyhow::Error::msg)?;
     println!("{}", path.display());
     Ok(())
+}
+
+/// moto's server on 127.0.0.1 at a port it picks; killed on drop.
+pub struct Moto {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl Moto {
+    /// Starts `server` on a free loopback port, its output going to `log`.
+    pub fn start(server: &Path, log: &Path) -> Result<Moto> {
+        let mut child = Command::new(server)
+            .args(["-H", "127.0.0.1", "-p", "0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", server.display()))?;
+        let stderr = child.stderr.take().context("moto's stderr")?;
+        let mut log = std::fs::File::create(log)?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line
+                    .split("http://")
+                    .nth(1)
+                    .and_then(|a| a.trim().parse::<SocketAddr>().ok())
+                {
+                    let _ = tx.send(addr);
+                }
+                let _ = writeln!(log, "{line}");
+            }
+        });
+        match rx.recv_timeout(START_DEADLINE) {
+            Ok(addr) => Ok(Moto { addr, child }),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "{} printed no address within {START_DEADLINE:?}",
+                    server.display()
+                )
+            }
+        }
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One plain HTTP/1.1 request to moto (which takes unsigned requests); the
+/// status and the body.
+pub fn http(addr: SocketAddr, method: &str, path: &str) -> Result<(u16, Vec<u8>)> {
+    let mut s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    s.set_read_timeout(Some(HTTP_TIMEOUT))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut reply = Vec::new();
+    s.read_to_end(&mut reply)?;
+    let split = reply
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("HTTP reply without a header end")?;
+    let head = String::from_utf8_lossy(&reply[..split]);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("bad status line in {head:?}"))?;
+    ensure!(
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "chunked replies are not handled here"
+    );
+    Ok((status, reply[split + 4..].to_vec()))
 }

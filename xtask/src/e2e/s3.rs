@@ -15,27 +15,24 @@
 //! - the store cut mid-put: up-cli hears a refusal, nothing is stored, and the
 //!   rerun completes from the partial the node kept.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, ensure, Context, Result};
 use sha2::{Digest as _, Sha256};
 
 use super::{Report, Source, UPLOAD_TIMEOUT};
+use crate::s3::{http, Moto};
 use crate::service::{self, Bins, Service};
 use crate::verify::{self, StoredLine};
 
 /// Bucket and prefix every node stores into.
 const BUCKET: &str = "e2e-uploads";
 const PREFIX: &str = "nodes";
-
-/// How long moto may take to print its address.
-const START_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Request bytes the proxy lets through before the cut: inside the big file's put.
 const CUT_AFTER: u64 = 6 << 20;
@@ -352,57 +349,6 @@ impl Setup {
     }
 }
 
-/// moto's server on 127.0.0.1 at a port it picks; killed on drop.
-struct Moto {
-    addr: SocketAddr,
-    child: Child,
-}
-
-impl Moto {
-    fn start(server: &Path, log: &Path) -> Result<Moto> {
-        let mut child = Command::new(server)
-            .args(["-H", "127.0.0.1", "-p", "0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {}", server.display()))?;
-        let stderr = child.stderr.take().context("moto's stderr")?;
-        let mut log = std::fs::File::create(log)?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line
-                    .split("http://")
-                    .nth(1)
-                    .and_then(|a| a.trim().parse::<SocketAddr>().ok())
-                {
-                    let _ = tx.send(addr);
-                }
-                let _ = writeln!(log, "{line}");
-            }
-        });
-        match rx.recv_timeout(START_DEADLINE) {
-            Ok(addr) => Ok(Moto { addr, child }),
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!(
-                    "{} printed no address within {START_DEADLINE:?}",
-                    server.display()
-                )
-            }
-        }
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Loopback TCP forwarder that, once armed, cuts every connection after a
 /// number of request bytes and refuses new ones until restored.
 struct CutProxy {
@@ -522,36 +468,6 @@ fn cut_all(open: &Mutex<Vec<TcpStream>>) {
     for s in open.drain(..) {
         let _ = s.shutdown(Shutdown::Both);
     }
-}
-
-/// One plain HTTP/1.1 request to moto (which takes unsigned requests); the
-/// status and the body.
-fn http(addr: SocketAddr, method: &str, path: &str) -> Result<(u16, Vec<u8>)> {
-    let mut s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
-    s.set_read_timeout(Some(UPLOAD_TIMEOUT))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut reply = Vec::new();
-    s.read_to_end(&mut reply)?;
-    let split = reply
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("HTTP reply without a header end")?;
-    let head = String::from_utf8_lossy(&reply[..split]);
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("bad status line in {head:?}"))?;
-    ensure!(
-        !head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked"),
-        "chunked replies are not handled here"
-    );
-    Ok((status, reply[split + 4..].to_vec()))
 }
 
 /// Percent-encodes what an S3 key in a URL path may not hold raw.
