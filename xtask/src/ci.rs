@@ -58,6 +58,9 @@ pub fn run() -> Result<()> {
     // Outside programs the steps need, before any step runs: found, installed, or
     // one line saying what to install.
     crate::e2e::cluster::redis_server().context("ci cannot start")?;
+    // The store tests need a real S3-compatible server: found or installed first,
+    // or one line saying what to install before any step runs.
+    crate::s3::export().map_err(|e| anyhow::anyhow!("ci cannot run the S3 store tests: {e}"))?;
     for (i, step) in CARGO_STEPS.iter().enumerate() {
         header(i + 1, step.title, &format!("cargo {}", step.args.join(" ")));
         let status = service::cargo()

@@ -23,6 +23,7 @@ mod irc;
 mod peers;
 mod procfs;
 mod report;
+mod s3;
 mod upload;
 
 use std::fmt::Write as _;
@@ -99,6 +100,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let tables = rows?;
         sections.push(report::table("Upload", &tables.upload));
         sections.push(report::table("Upload beside other tools", &tables.peers));
+        sections.push(report::table(
+            "Upload into S3-compatible storage",
+            &s3::run(&bin, &plan, &work)?,
+        ));
     }
     if wants(Group::Chat) {
         let plan = if args.quick {

@@ -13,8 +13,10 @@
 //!   files in one call and a `-r` directory), each stored file hashed against its
 //!   source; an upload cut with `--abort-after` and resumed; the original client's
 //!   legacy form (size text, `1001`, bytes);
-//! - shutdown: each server exits 0 within 2 s of SIGTERM;
-//! - cluster: three chat-srv nodes and a real redis-server (see [`cluster`]).
+//! - cluster: three chat-srv nodes and a real redis-server (see [`cluster`]);
+//! - s3: three `up-srv --store` nodes sharing a bucket of a real S3-compatible server
+//!   (uploads, reruns, one name from two nodes, the store cut mid-put; see `s3.rs`);
+//! - shutdown: each server exits 0 within 2 s of SIGTERM.
 //!
 //! Files live under `target/e2e/`: `uploads/` (fresh each run), `files/`, `images/` and
 //! the server logs `chat-srv.log` / `up-srv.log`, which failures point to.
@@ -36,6 +38,7 @@ use crate::verify::{self, StoredLine};
 
 mod chat;
 mod upload;
+mod s3;
 
 /// Options of `cargo xtask e2e`.
 #[derive(Debug, Clone, clap::Args)]
@@ -120,6 +123,8 @@ pub fn run(args: E2eArgs) -> Result<()> {
     });
     report.check("upload: standard input with --as", || ctx.upload_stdin());
     cluster::checks(&ctx.bins, &work, &mut report);
+    let s3_sources: Vec<&Source> = ctx.fixtures.many.iter().collect();
+    s3::checks(&mut report, &ctx.bins, &work, &s3_sources);
     report.check("chat-srv: SIGTERM, exit 0 in 2 s", || stop(chat));
     report.check("up-srv: SIGTERM, exit 0 in 2 s", || stop(up));
     report.print();
