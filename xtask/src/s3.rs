@@ -39,6 +39,10 @@ const START_DEADLINE: Duration = Duration::from_secs(60);
 /// A stalled request to moto fails instead of hanging.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// moto does not check signatures, but answers requests without any
+/// `Authorization` as anonymous (403 on private objects): this one passes.
+const MOTO_AUTH: &str = "Authorization: AWS4-HMAC-SHA256 Credential=xtask/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00";
+
 /// The venv xtask installs moto into.
 pub fn install_dir() -> PathBuf {
     project_root().join("target/tools/moto")
@@ -160,14 +164,14 @@ impl Drop for Moto {
     }
 }
 
-/// One plain HTTP/1.1 request to moto (which takes unsigned requests); the
+/// One plain HTTP/1.1 request to moto (which does not check signatures); the
 /// status and the body.
 pub fn http(addr: SocketAddr, method: &str, path: &str) -> Result<(u16, Vec<u8>)> {
     let mut s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
     s.set_read_timeout(Some(HTTP_TIMEOUT))?;
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{MOTO_AUTH}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
     let mut reply = Vec::new();
     s.read_to_end(&mut reply)?;

@@ -118,7 +118,7 @@ fn upload(
             .env("AWS_SECRET_ACCESS_KEY", "bench")
             .env("AWS_REGION", "us-east-1");
     }
-    let _service = Service::start("up-srv", server, addr)?;
+    let service = Service::start("up-srv", server, addr)?;
     let mut client = Command::new(bin.join("up-cli"));
     client
         .args(["--host", "127.0.0.1", "-p", &addr.port().to_string(), "-q"])
@@ -130,6 +130,9 @@ fn upload(
     let child = client.spawn().context("starting up-cli")?;
     let out = wait_with_timeout(child, UPLOAD_TIMEOUT).context("up-cli")?;
     let took = started.elapsed();
+    drop(service);
+    // Disk is the scarce thing on CI: each case's copy goes before the next.
+    let _ = std::fs::remove_dir_all(dir);
     ensure!(
         out.status.success(),
         "up-cli failed with {}: {}",
