@@ -6,8 +6,10 @@
 //! 4. `cargo xtask e2e` (run in-process)
 //! 5. `cargo xtask bench --quick` (a smoke run: it must succeed, its figures are not judged)
 //!
-//! Before step 1 it makes sure redis-server is there (the chat cluster tests run a real
-//! one), installing Debian's package when it may, or stops with one line.
+//! Before step 1 it makes sure the outside programs are there: redis-server (the chat
+//! cluster tests run a real one), tmux (chat-cli's editor on a real terminal) and moto's
+//! S3-compatible server (the upload store), installing each when it may, or stops with
+//! one line saying what to install.
 //!
 //! `.ci/run` calls this, and the README names it as the test command.
 
@@ -52,15 +54,24 @@ const CARGO_STEPS: [Step; 3] = [
 
 const TOTAL_STEPS: usize = CARGO_STEPS.len() + 2;
 
+/// Finds the outside programs the steps drive, before any step runs: each is found,
+/// installed (as root, with apt-get or pip), or named in one line saying what to install.
+/// None of them is ever skipped silently.
+fn prerequisites() -> Result<()> {
+    // A real redis-server: the chat cluster's tests and e2e checks.
+    crate::e2e::cluster::redis_server().context("ci cannot start")?;
+    // tmux: chat-cli's line editor is checked on a real terminal.
+    crate::install::tool("tmux", "tmux", "the chat-cli line-editor check")
+        .map_err(|e| anyhow::anyhow!("ci cannot start: {e}"))?;
+    // A real S3-compatible server (moto): the upload store's tests and e2e checks.
+    crate::s3::export().map_err(|e| anyhow::anyhow!("ci cannot run the S3 store tests: {e}"))?;
+    Ok(())
+}
+
 /// Runs every CI step; the first failure ends the run with its fix-it hint.
 pub fn run() -> Result<()> {
     let started = Instant::now();
-    // Outside programs the steps need, before any step runs: found, installed, or
-    // one line saying what to install.
-    crate::e2e::cluster::redis_server().context("ci cannot start")?;
-    // The store tests need a real S3-compatible server: found or installed first,
-    // or one line saying what to install before any step runs.
-    crate::s3::export().map_err(|e| anyhow::anyhow!("ci cannot run the S3 store tests: {e}"))?;
+    prerequisites()?;
     for (i, step) in CARGO_STEPS.iter().enumerate() {
         header(i + 1, step.title, &format!("cargo {}", step.args.join(" ")));
         let status = service::cargo()

@@ -37,8 +37,8 @@ use crate::service::{self, Bins, Service};
 use crate::verify::{self, StoredLine};
 
 mod chat;
-mod upload;
 mod s3;
+mod upload;
 
 /// Options of `cargo xtask e2e`.
 #[derive(Debug, Clone, clap::Args)]
