@@ -14,7 +14,7 @@ use clap::Parser;
 /// runner when stdin is a pipe or file.
 #[derive(Debug, Parser)]
 #[command(
-    version,
+    version = cli_edge::VERSION,
     after_help = "Interactive keys: arrows, Home/End, Ctrl/Alt-Left/Right by word, Up/Down \
     for history (kept in $XDG_DATA_HOME/chat-cli/history, else ~/.local/share/chat-cli/history), \
     Tab completes /commands and nicknames; lines that arrive while you type appear above \
@@ -33,6 +33,10 @@ use clap::Parser;
     connect, not a chat server, connection lost, message refused), 2 usage error."
 )]
 struct Args {
+    /// Print the man page or a shell completion script (used by `cargo xtask man`).
+    #[arg(long, hide = true, value_enum, exclusive = true)]
+    generate: Option<cli_edge::Generate>,
+
     /// Server host name or address.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -63,6 +67,9 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(what) = args.generate {
+        return cli_edge::emit(what, <Args as clap::CommandFactory>::command());
+    }
     let colour = std::io::stdout().is_terminal()
         && std::env::var_os("NO_COLOR").map_or(true, |v| v.is_empty());
     let opts = chat_cli::Options {

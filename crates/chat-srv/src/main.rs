@@ -16,7 +16,7 @@ use clap::Parser;
 /// and the classic tutorial client).
 #[derive(Debug, Parser)]
 #[command(
-    version,
+    version = cli_edge::VERSION,
     after_help = "Examples:\n  \
     chat-srv                          listen on 127.0.0.1:8888\n  \
     chat-srv -b ::1 -p 9000           listen on IPv6 loopback, port 9000\n  \
@@ -27,6 +27,10 @@ use clap::Parser;
     Exit codes: 0 clean shutdown (SIGINT/SIGTERM), 1 runtime error, 2 usage error."
 )]
 struct Args {
+    /// Print the man page or a shell completion script (used by `cargo xtask man`).
+    #[arg(long, hide = true, value_enum, exclusive = true)]
+    generate: Option<cli_edge::Generate>,
+
     /// Address to listen on (IPv4 or IPv6).
     #[arg(short, long, default_value = "127.0.0.1")]
     bind: IpAddr,
@@ -70,6 +74,9 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(what) = args.generate {
+        return cli_edge::emit(what, <Args as clap::CommandFactory>::command());
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -54,6 +54,20 @@ pub fn generate(what: Generate, mut cmd: clap::Command, out: &mut dyn Write) -> 
     Ok(())
 }
 
+/// Handles a tool's hidden `--generate WHAT`: writes it for `cmd` to stdout and
+/// returns the exit code (0, or 1 with one error line when stdout cannot be written).
+pub fn emit(what: Generate, cmd: clap::Command) -> std::process::ExitCode {
+    let mut out = io::stdout().lock();
+    match generate(what, cmd, &mut out).and_then(|()| out.flush()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) if is_broken_pipe(&err) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            print_error(&format_args!("writing the {what:?} output: {err}"));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Prints `error: ...` for `err` on stderr, the cause chain on the same line (`{:#}`
 /// of an `anyhow::Error` joins it with `: `).
 pub fn print_error(err: &dyn std::fmt::Display) {
@@ -78,7 +92,10 @@ mod tests {
         /// Port to use.
         #[arg(short, long, default_value_t = 7)]
         port: u16,
-        #[arg(long, hide = true, value_enum)]
+        /// A required input, as the tools have.
+        #[arg(required = true)]
+        files: Vec<String>,
+        #[arg(long, hide = true, value_enum, exclusive = true)]
         generate: Option<Generate>,
     }
 
@@ -104,6 +121,18 @@ mod tests {
             let script = render(shell);
             assert!(script.contains("port"), "{shell:?}: {script}");
         }
+    }
+
+    /// `--generate` works alone although the tool has required arguments.
+    #[test]
+    fn generate_needs_no_other_argument() {
+        let demo = Demo::try_parse_from(["demo-tool", "--generate", "man"]).expect("parses");
+        assert_eq!(demo.generate, Some(Generate::Man));
+        assert!(demo.files.is_empty() && demo.port == 7);
+        assert!(
+            Demo::try_parse_from(["demo-tool"]).is_err(),
+            "files stay required"
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ use up_cli::{Options, Reporter, Target};
 /// are skipped ("already stored").
 #[derive(Debug, Parser)]
 #[command(
-    version,
+    version = cli_edge::VERSION,
     about,
     subcommand_negates_reqs = true,
     after_help = "Examples:\n  \
@@ -43,6 +43,10 @@ use up_cli::{Options, Reporter, Target};
     130 interrupted (run the same command to resume)."
 )]
 struct Cli {
+    /// Print the man page or a shell completion script (used by `cargo xtask man`).
+    #[arg(long, hide = true, value_enum, exclusive = true)]
+    generate: Option<cli_edge::Generate>,
+
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
@@ -130,6 +134,9 @@ fn parse_rate(s: &str) -> Result<u64, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(what) = cli.generate {
+        return cli_edge::emit(what, <Cli as clap::CommandFactory>::command());
+    }
     let target = match Target::parse(&cli.server.host, cli.server.port, up_cli::DEFAULT_PORT) {
         Ok(t) => t,
         Err(e) => return usage(&e),

@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 /// legacy form (size as text, reply "1001", raw bytes; stored as new.jpg).
 #[derive(Debug, Parser)]
 #[command(
-    version,
+    version = cli_edge::VERSION,
     about,
     long_about = None,
     after_help = "Examples:\n  \
@@ -34,6 +34,10 @@ use tokio::net::TcpListener;
     Exit codes: 0 clean shutdown (SIGINT/SIGTERM), 1 runtime error, 2 usage error."
 )]
 struct Args {
+    /// Print the man page or a shell completion script (used by `cargo xtask man`).
+    #[arg(long, hide = true, value_enum, exclusive = true)]
+    generate: Option<cli_edge::Generate>,
+
     /// Address to listen on (a non-loopback address without --token warns at start)
     #[arg(short, long, value_name = "ADDRESS", default_value = "127.0.0.1")]
     bind: IpAddr,
@@ -99,6 +103,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(what) = args.generate {
+        return cli_edge::emit(what, <Args as clap::CommandFactory>::command());
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
