@@ -4,11 +4,6 @@
 //! The rules:
 //! - every `.rs` file under `crates/`, `tools/`, `xtask/`, `tests/` and `fuzz/` opens with a `//!`
 //!   module doc (its role and how it connects);
-//! - code that reads from peers has no `.unwrap()`: in `crates/*/src`, every file named
-//!   `session.rs` or `server.rs`, and every file under a `session/` or `server/` folder,
-//!   may not contain `.unwrap()` before its first `#[cfg(test)]` line (test modules sit at
-//!   the end of a file); comment lines are skipped. Use `?`, or `.expect("why this
-//!   cannot fail")` for a true invariant;
 //! - no tab characters and no trailing whitespace in `.rs` and `.md` files;
 //! - every crate (each `crates/*`, `tools/*` and `xtask`) has a `README.md`;
 //! - no dead dependency: every entry of a crate's `[dependencies]` and
@@ -16,6 +11,9 @@
 //!   for its features says so with `# tidy: features only` on its line);
 //! - xtask finds the workspace at run time: no `env!("CARGO_MANIFEST_DIR")` in xtask,
 //!   which would freeze the path of the tree it was compiled in.
+//!
+//! (No `unwrap`/`expect` outside tests is clippy's `unwrap_used`/`expect_used`, set in the
+//! workspace's `[workspace.lints]`, so it covers every file, not only a few names.)
 //!
 //! Folders named `target*` and hidden folders (`.git`, ...) are never searched.
 
@@ -96,66 +94,6 @@ fn every_rust_file_opens_with_module_docs() {
         "these .rs files do not open with a `//!` module doc",
         &offenders,
         "start each with `//! <its role and how it connects>`",
-    );
-}
-
-/// Whether `path` holds connection-handling code under the no-unwrap rule.
-fn handles_peer_input(path: &Path) -> bool {
-    let rel = relative(path).replace('\\', "/");
-    let in_crate_src = rel.starts_with("crates/") && rel.split('/').nth(2) == Some("src");
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    in_crate_src
-        && (matches!(name, "session.rs" | "server.rs")
-            || rel.contains("/session/")
-            || rel.contains("/server/"))
-}
-
-/// `line:text` for every `.unwrap()` in the non-test, non-comment part of `text`.
-fn unwraps_outside_tests(text: &str) -> Vec<(usize, String)> {
-    text.lines()
-        .enumerate()
-        .take_while(|(_, line)| !line.trim_start().starts_with("#[cfg(test)]"))
-        .filter(|(_, line)| !line.trim_start().starts_with("//"))
-        .filter(|(_, line)| line.contains(".unwrap()"))
-        .map(|(i, line)| (i + 1, line.trim().to_owned()))
-        .collect()
-}
-
-#[test]
-fn unwrap_rule_sees_code_but_not_tests_or_comments() {
-    let text = "fn a() { x.unwrap(); }\n// y.unwrap() in a comment\n\
-                fn b() { x.unwrap_or(1); }\n#[cfg(test)]\nmod tests { z.unwrap(); }\n";
-    assert_eq!(
-        unwraps_outside_tests(text),
-        vec![(1, "fn a() { x.unwrap(); }".to_owned())]
-    );
-    assert!(handles_peer_input(
-        &project_root().join("crates/chat-srv/src/session.rs")
-    ));
-    assert!(handles_peer_input(
-        &project_root().join("crates/up-srv/src/server/accept.rs")
-    ));
-    assert!(!handles_peer_input(
-        &project_root().join("crates/up-srv/tests/session.rs")
-    ));
-    assert!(!handles_peer_input(
-        &project_root().join("crates/up-srv/src/storage.rs")
-    ));
-}
-
-#[test]
-fn session_and_server_code_has_no_unwrap() {
-    let mut offenders = Vec::new();
-    for path in rust_sources().iter().filter(|p| handles_peer_input(p)) {
-        for (line, text) in unwraps_outside_tests(&read(path)) {
-            offenders.push(format!("{}:{line}: {text}", relative(path)));
-        }
-    }
-    report(
-        "`.unwrap()` in code that handles peer input",
-        &offenders,
-        "return the error with `?` (peer input must never panic), or use \
-         `.expect(\"why this cannot fail\")` for a true invariant",
     );
 }
 

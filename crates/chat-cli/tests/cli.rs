@@ -1,6 +1,9 @@
 //! chat-cli driven as a real executable (`CARGO_BIN_EXE_chat-cli`) against
 //! an in-process chat-srv on 127.0.0.1:0: output, exit codes and error lines.
 
+// Test code: a failed unwrap is a failed test, which is what it should be.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;

@@ -8,6 +8,9 @@
 //! - `hostile`: slowloris, garbage floods, forged lines, load with churn.
 //! - `binary`: the real `chat-srv` executable (`--help`, exit codes, SIGTERM).
 
+// Test code: a failed unwrap is a failed test, which is what it should be.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod binary;
 mod common;
 mod hostile;

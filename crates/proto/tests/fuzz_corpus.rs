@@ -7,6 +7,9 @@
 //! seeds and any named crash regressions) goes through the same check the
 //! fuzzer ran; a panic names the file.
 
+// Test code: a failed unwrap is a failed test, which is what it should be.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "../../../fuzz/src/harness.rs"]
 #[allow(dead_code)]
 mod harness;

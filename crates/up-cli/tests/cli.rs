@@ -1,6 +1,9 @@
 //! The real `up-cli` binary against an in-process `up-srv`: stdout lines,
 //! exit codes and error lines.
 
+// Test code: a failed unwrap is a failed test, which is what it should be.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{

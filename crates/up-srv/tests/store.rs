@@ -2,6 +2,9 @@
 //! free loopback port: puts with verification, no clobber between two nodes,
 //! reruns, listing, verified downloads, and the store cut mid-put.
 
+// Test code: a failed unwrap is a failed test, which is what it should be.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "common/mod.rs"]
 mod common;
 mod s3;

@@ -301,6 +301,8 @@ impl Store {
         let mut read = 0u64;
         let mut in_flight = FuturesUnordered::new();
         loop {
+            // An invariant: the semaphore lives in `self` and is never closed.
+            #[allow(clippy::expect_used)]
             let permit = self
                 .parts
                 .clone()
