@@ -18,11 +18,11 @@ use std::fs::File;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use proto::digest::{Algorithm, Hasher};
 use proto::size::Readable;
 use proto::upload::{
     ClientCodec, ClientMessage, RefusalCode, ServerMessage, MAGIC, MIN_VERSION, VERSION,
 };
-use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
@@ -463,7 +463,7 @@ async fn resume_point(
     offset: u64,
     prefix: [u8; 32],
     reporter: &mut dyn Reporter,
-) -> Result<(File, Sha256, u64), ClientError> {
+) -> Result<(File, Hasher, u64), ClientError> {
     let check = if offset > 0 && offset <= job.size {
         offset
     } else {
@@ -484,7 +484,7 @@ async fn resume_point(
             "{}: the server's partial data differs from this file; restarting from 0",
             job.name
         ));
-        Ok((file, Sha256::new(), 0))
+        Ok((file, Hasher::new(Algorithm::Sha256), 0))
     }
 }
 

@@ -130,6 +130,10 @@ fn parse_rate(s: &str) -> Result<u64, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A misspelt SOCKCHAT_SHA256 is an error, not silently the default.
+    if let Err(e) = proto::digest::Sha256Backend::from_env() {
+        return usage(&e.to_string());
+    }
     let target = match Target::parse(&cli.server.host, cli.server.port, up_cli::DEFAULT_PORT) {
         Ok(t) => t,
         Err(e) => return usage(&e),

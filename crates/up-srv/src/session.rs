@@ -33,12 +33,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use proto::digest::{Algorithm, Hasher};
 use proto::size::Readable;
 use proto::upload::{
     self, name, ClientMessage, Digest, Form, RefusalCode, ServerCodec, ServerMessage, LEGACY_NAME,
     LEGACY_REPLY, MAGIC, MIN_VERSION, VERSION,
 };
-use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::Decoder;
 use tracing::{debug, info, warn};
@@ -495,7 +495,7 @@ impl<S: Stream> Conn<S> {
         &mut self,
         name: &str,
         size: u64,
-    ) -> Result<Option<(PartialUpload, Sha256)>, Stop> {
+    ) -> Result<Option<(PartialUpload, Hasher)>, Stop> {
         let n = name.to_string();
         let opened = self
             .shared
@@ -534,8 +534,8 @@ impl<S: Stream> Conn<S> {
         &mut self,
         name: &str,
         partial: PartialUpload,
-        hasher: Sha256,
-    ) -> Result<(PartialUpload, Sha256, u64), Stop> {
+        hasher: Hasher,
+    ) -> Result<(PartialUpload, Hasher, u64), Stop> {
         let offset = partial.len();
         let start = match self.confirm_start(name, offset, &hasher).await {
             Ok(start) => start,
@@ -560,7 +560,7 @@ impl<S: Stream> Conn<S> {
             })
             .await;
         match restarted {
-            Ok(partial) => Ok((partial, Sha256::new(), 0)),
+            Ok(partial) => Ok((partial, Hasher::new(Algorithm::Sha256), 0)),
             Err(e) => Err(self.refuse_storage(name, &e).await),
         }
     }
@@ -569,7 +569,7 @@ impl<S: Stream> Conn<S> {
         &mut self,
         name: &str,
         offset: u64,
-        hasher: &Sha256,
+        hasher: &Hasher,
     ) -> Result<u64, Stop> {
         let prefix_sha256: Digest = hasher.clone().finalize().into();
         self.send(ServerMessage::Accept {
@@ -596,7 +596,7 @@ impl<S: Stream> Conn<S> {
         name: &str,
         size: u64,
         partial: PartialUpload,
-        hasher: Sha256,
+        hasher: Hasher,
         start: u64,
     ) -> Result<(PartialUpload, Body), Stop> {
         let handle = self
@@ -816,7 +816,7 @@ impl<S: Stream> Conn<S> {
             &mut self.buf,
             size,
             file,
-            Sha256::new(),
+            Hasher::new(Algorithm::Sha256),
             &self.shared.cancel,
             Pace::of(&self.shared.config),
         )

@@ -22,9 +22,9 @@ use nix::errno::Errno;
 use nix::fcntl::{openat, renameat, renameat2, OFlag, RenameFlags};
 use nix::sys::stat::{fstatat, mkdirat, Mode};
 use nix::unistd::{unlinkat, UnlinkatFlags};
+use proto::digest::{Algorithm, Hasher};
 use proto::upload::name::{self, NameError};
 use proto::upload::Digest;
-use sha2::{Digest as _, Sha256};
 
 /// Hidden directory inside the upload dir that holds partial uploads.
 /// Names starting with it are refused so no upload can land there.
@@ -155,8 +155,8 @@ impl PartialUpload {
     }
 
     /// Hashes the held prefix; the returned state continues with the body.
-    pub fn hash_prefix(&mut self) -> Result<Sha256, StorageError> {
-        let mut hasher = Sha256::new();
+    pub fn hash_prefix(&mut self) -> Result<Hasher, StorageError> {
+        let mut hasher = Hasher::new(Algorithm::Sha256);
         self.file
             .seek(SeekFrom::Start(0))
             .map_err(|e| io_err("read", self.data_name(), e))?;
@@ -269,7 +269,7 @@ pub struct Listed {
 
 /// Hashes the first `len` bytes of `file` from its start.
 fn hash_file(mut file: File, len: u64) -> io::Result<Digest> {
-    let mut hasher = Sha256::new();
+    let mut hasher = Hasher::new(Algorithm::Sha256);
     let mut buf = vec![0u8; HASH_BUF];
     let mut left = len;
     while left > 0 {
@@ -351,10 +351,10 @@ impl Storage {
     /// The partial key of (name, size): a hash, so nested names stay flat
     /// and the same upload always finds the same partial.
     fn key(name: &str, size: u64) -> String {
-        let mut h = Sha256::new();
+        let mut h = Hasher::new(Algorithm::Sha256);
         h.update(name.as_bytes());
-        h.update([0]);
-        h.update(size.to_be_bytes());
+        h.update(&[0]);
+        h.update(&size.to_be_bytes());
         let d: [u8; 32] = h.finalize().into();
         proto::upload::hex(&d)[..32].to_string()
     }
@@ -567,7 +567,7 @@ impl Storage {
 
     /// The record file of a stored name, flat like the partial keys.
     fn record_name(name: &str) -> String {
-        let d: Digest = Sha256::digest(name.as_bytes()).into();
+        let d: Digest = proto::digest::digest(Algorithm::Sha256, name.as_bytes()).into();
         proto::upload::hex(&d[..16])
     }
 
@@ -976,7 +976,7 @@ mod tests {
             .expect("handle")
             .write_all(data)
             .expect("write");
-        let digest: Digest = Sha256::digest(data).into();
+        let digest: Digest = proto::digest::digest(Algorithm::Sha256, data).into();
         (s.finish(p, name, &digest).expect("finish"), digest)
     }
 
@@ -1017,7 +1017,7 @@ mod tests {
             .set_modified(later)
             .expect("touch");
         assert!(matches!(s.fetch("a.txt").expect("fetch"), Fetch::Changed));
-        let fresh: Digest = Sha256::digest(b"ALPHA").into();
+        let fresh: Digest = proto::digest::digest(Algorithm::Sha256, b"ALPHA").into();
         assert_eq!(s.stored_digest("a.txt", 5).expect("digest"), Some(fresh));
     }
 }
