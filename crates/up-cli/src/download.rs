@@ -239,7 +239,9 @@ async fn open_part(
         ));
     }
     let hasher = if offset > 0 {
-        reader::hash_prefix(part, offset, reporter).await?.1
+        reader::hash_prefix(part, offset, proto::digest::Algorithm::Sha256, reporter)
+            .await?
+            .1
     } else {
         Hasher::new(Algorithm::Sha256)
     };

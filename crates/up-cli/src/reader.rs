@@ -68,13 +68,13 @@ pub const VERIFY_STEP: u64 = 8 * 1024 * 1024;
 pub async fn hash_prefix(
     path: &Path,
     len: u64,
+    algorithm: Algorithm,
     reporter: &mut dyn Reporter,
 ) -> Result<(File, Hasher), ClientError> {
     let owned = path.to_path_buf();
-    let mut state =
-        blocking(move || File::open(&owned).map(|f| (f, Hasher::new(Algorithm::Sha256))))
-            .await
-            .map_err(|e| ClientError::read(path, e))?;
+    let mut state = blocking(move || File::open(&owned).map(|f| (f, Hasher::new(algorithm))))
+        .await
+        .map_err(|e| ClientError::read(path, e))?;
     let mut left = len;
     while left > 0 {
         let step = left.min(VERIFY_STEP);

@@ -36,8 +36,8 @@ use bytes::BytesMut;
 use proto::digest::{Algorithm, Hasher};
 use proto::size::Readable;
 use proto::upload::{
-    self, name, ClientMessage, Digest, Form, RefusalCode, ServerCodec, ServerMessage, LEGACY_NAME,
-    LEGACY_REPLY, MAGIC, MIN_VERSION, VERSION,
+    self, name, ClientMessage, Digest, Form, RefusalCode, ServerCodec, ServerMessage, HASH_VERSION,
+    LEGACY_NAME, LEGACY_REPLY, MAGIC, MIN_VERSION, VERSION,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::Decoder;
@@ -104,6 +104,8 @@ struct Conn<S> {
     frame_deadline: Option<tokio::time::Instant>,
     /// Protocol version agreed in the hello; version 1 never sees `Present`.
     version: u16,
+    /// Digest that verifies later offers (version 3 `Hash`; SHA-256 before).
+    algorithm: Algorithm,
 }
 
 /// Serves one connection to its end; never returns an error to the accept loop.
@@ -115,6 +117,7 @@ pub async fn run<S: Stream>(stream: S, peer: SocketAddr, shared: Arc<Shared>) {
         shared,
         frame_deadline: None,
         version: MIN_VERSION,
+        algorithm: Algorithm::Sha256,
     };
     let result = match conn.detect().await {
         Ok(Form::Legacy) => conn.legacy().await,
@@ -373,6 +376,18 @@ impl<S: Stream> Conn<S> {
                 ClientMessage::Get { name } if self.version >= 2 => {
                     self.get(name::nfc(&name)).await?
                 }
+                ClientMessage::Hash { algorithm } if self.version >= HASH_VERSION => {
+                    match Algorithm::from_name(&algorithm) {
+                        Some(a) => self.algorithm = a,
+                        None => {
+                            let reason = format!(
+                                "unknown digest algorithm {algorithm:?} (this server accepts sha256 and blake3)"
+                            );
+                            self.refuse(RefusalCode::BadMessage, reason.clone()).await;
+                            return Err(Stop::Failed(reason));
+                        }
+                    }
+                }
                 other => return Err(self.unexpected("an offer", &other).await),
             }
         }
@@ -466,9 +481,10 @@ impl<S: Stream> Conn<S> {
     /// digest and lets it skip. `Ok(true)` when the client skipped.
     async fn already_stored(&mut self, name: &str, size: u64) -> Result<bool, Stop> {
         let n = name.to_string();
+        let algorithm = self.algorithm;
         let digest = match self
             .shared
-            .blocking(move |s| s.storage.stored_digest(&n, size))
+            .blocking(move |s| s.storage.stored_digest_with(&n, size, algorithm))
             .await
         {
             Ok(Some(d)) => d,
@@ -497,6 +513,7 @@ impl<S: Stream> Conn<S> {
         size: u64,
     ) -> Result<Option<(PartialUpload, Hasher)>, Stop> {
         let n = name.to_string();
+        let algorithm = self.algorithm;
         let opened = self
             .shared
             .blocking(move |s| {
@@ -509,7 +526,7 @@ impl<S: Stream> Conn<S> {
                     Err(e) => warn!("{e} (skipping the free-space check)"),
                 }
                 let mut partial = s.storage.open_partial(&n, size)?;
-                let hasher = partial.hash_prefix()?;
+                let hasher = partial.hash_prefix(algorithm)?;
                 Ok(Ok((partial, hasher)))
             })
             .await;
@@ -560,7 +577,7 @@ impl<S: Stream> Conn<S> {
             })
             .await;
         match restarted {
-            Ok(partial) => Ok((partial, Hasher::new(Algorithm::Sha256), 0)),
+            Ok(partial) => Ok((partial, Hasher::new(self.algorithm), 0)),
             Err(e) => Err(self.refuse_storage(name, &e).await),
         }
     }
@@ -676,9 +693,10 @@ impl<S: Stream> Conn<S> {
         }
         let n = name.to_string();
         let size = partial.len();
+        let algorithm = self.algorithm;
         let stored = match self
             .shared
-            .blocking(move |s| s.storage.finish(partial, &n, &actual))
+            .blocking(move |s| s.storage.finish_with(partial, &n, &actual, algorithm))
             .await
         {
             Ok(stored) => stored,
