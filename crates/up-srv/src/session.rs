@@ -707,7 +707,7 @@ impl<S: Stream> Conn<S> {
             &stored,
             size - start,
             began.elapsed(),
-            &actual,
+            (algorithm, &actual),
             start,
         );
         self.send(ServerMessage::Stored {
@@ -857,7 +857,14 @@ impl<S: Stream> Conn<S> {
             .blocking(move |s| s.storage.finish(partial, LEGACY_NAME, &digest))
             .await
             .map_err(|e| Stop::Failed(e.to_string()))?;
-        log_stored(self.peer, &stored, size, began.elapsed(), &digest, 0);
+        log_stored(
+            self.peer,
+            &stored,
+            size,
+            began.elapsed(),
+            (Algorithm::Sha256, &digest),
+            0,
+        );
         self.drain_extra().await;
         Ok(())
     }
@@ -989,7 +996,7 @@ fn log_stored(
     name: &str,
     bytes: u64,
     took: Duration,
-    digest: &Digest,
+    (algorithm, digest): (Algorithm, &Digest),
     resumed_at: u64,
 ) {
     let secs = took.as_secs_f64().max(1e-6);
@@ -1000,7 +1007,7 @@ fn log_stored(
         String::new()
     };
     info!(
-        "stored {name} from {peer}: {bytes} bytes{resumed} in {secs:.2} s ({rate}/s) sha256 {}",
+        "stored {name} from {peer}: {bytes} bytes{resumed} in {secs:.2} s ({rate}/s) {algorithm} {}",
         upload::hex(digest)
     );
 }
