@@ -265,6 +265,7 @@ fn reencode_client(msg: &ClientMessage) -> (Option<BytesMut>, BodyHint) {
         ClientMessage::List { prefix } => (prefix.len() <= MAX_NAME_LEN, BodyHint::None),
         // The bytes after a get's start flow from the server: none follow here.
         ClientMessage::Get { name } => (name.len() <= MAX_NAME_LEN, BodyHint::Size(0)),
+        ClientMessage::Hash { algorithm } => (algorithm.len() <= MAX_NAME_LEN, BodyHint::None),
     };
     (fits.then(|| encode(|out| msg.encode_into(out))), hint)
 }

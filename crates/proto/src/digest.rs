@@ -201,10 +201,12 @@ pub enum DigestError {
 ///     "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
 /// );
 /// ```
+#[derive(Clone)]
 pub struct Hasher {
     inner: Inner,
 }
 
+#[derive(Clone)]
 enum Inner {
     Sha2(sha2::Sha256),
     Ring(ring::digest::Context),
@@ -313,6 +315,12 @@ impl fmt::Display for Digest {
     }
 }
 
+impl From<Digest> for [u8; DIGEST_LEN] {
+    fn from(digest: Digest) -> [u8; DIGEST_LEN] {
+        digest.bytes
+    }
+}
+
 /// The digest of `bytes` in one call.
 pub fn digest(algorithm: Algorithm, bytes: &[u8]) -> Digest {
     let mut hasher = Hasher::new(algorithm);
@@ -343,6 +351,7 @@ mod portable {
     ];
 
     /// Incremental state: chaining value, a partial block and the total length.
+    #[derive(Clone)]
     pub struct Sha256 {
         state: [u32; 8],
         block: [u8; 64],

@@ -18,6 +18,7 @@
 //!           <size - offset raw bytes> ; Finish -> Stored|Refuse
 //! list:     List -> Entry* ListEnd | Refuse                      (version 2)
 //! get:      Get -> Sending|Refuse ; Start ; <size - offset raw bytes>   (version 2)
+//! hash:     Hash{algorithm}   (no answer; digests of later offers)     (version 3)
 //! ```
 //!
 //! `Present` is sent only to version-2 clients; a version-1 client (an older
@@ -39,8 +40,12 @@ use tokio_util::codec::{Decoder, Encoder};
 pub const MAGIC: [u8; 4] = [0x89, b'U', b'P', b'L'];
 
 /// Protocol version spoken by this crate: 2 adds `Present`/`Skip`/`Proceed`
-/// (already-stored files), `List` and `Get`.
-pub const VERSION: u16 = 2;
+/// (already-stored files), `List` and `Get`; 3 adds `Hash`: a version-3
+/// server accepts every [`crate::digest::Algorithm`] (SHA-256 and BLAKE3).
+pub const VERSION: u16 = 3;
+
+/// First version whose server accepts [`ClientMessage::Hash`] (BLAKE3).
+pub const HASH_VERSION: u16 = 3;
 
 /// Oldest protocol version a server still serves (version-1 clients upload
 /// as before; they never see the version-2 messages).
@@ -374,6 +379,14 @@ pub enum ClientMessage {
         /// Stored name, as `List` shows it.
         name: String,
     },
+    /// Version 3: every later offer on this connection is verified with
+    /// `algorithm` (`sha256` or `blake3`): the prefix digest of `Accept`,
+    /// `Present`, `Finish` and `Stored` are then in that algorithm. No answer;
+    /// an unknown name is refused as a bad message.
+    Hash {
+        /// Wire name of the algorithm ([`crate::digest::Algorithm::name`]).
+        algorithm: String,
+    },
 }
 
 /// Messages from the server to the client.
@@ -449,6 +462,7 @@ const T_SKIP: u8 = 0x05;
 const T_PROCEED: u8 = 0x06;
 const T_LIST: u8 = 0x07;
 const T_GET: u8 = 0x08;
+const T_HASH: u8 = 0x09;
 const T_WELCOME: u8 = 0x81;
 const T_ACCEPT: u8 = 0x82;
 const T_STORED: u8 = 0x83;
@@ -658,6 +672,12 @@ impl ClientMessage {
                 f.end()?;
                 ClientMessage::Get { name }
             }
+            T_HASH => {
+                let mut f = Fields::new("hash", payload);
+                let algorithm = f.string("algorithm")?;
+                f.end()?;
+                ClientMessage::Hash { algorithm }
+            }
             other => return Err(UploadError::UnknownType(other)),
         };
         Ok(msg)
@@ -690,6 +710,9 @@ impl ClientMessage {
             ClientMessage::Get { name } => {
                 encode_frame(dst, T_GET, |d| put_string(d, "name", name, MAX_NAME_LEN))
             }
+            ClientMessage::Hash { algorithm } => encode_frame(dst, T_HASH, |d| {
+                put_string(d, "algorithm", algorithm, MAX_NAME_LEN)
+            }),
         }
     }
 }
@@ -925,6 +948,7 @@ impl ClientMessage {
             ClientMessage::Proceed => "proceed",
             ClientMessage::List { .. } => "list",
             ClientMessage::Get { .. } => "get",
+            ClientMessage::Hash { .. } => "hash",
         }
     }
 }

@@ -18,11 +18,12 @@ use std::fs::File;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use proto::digest::{Algorithm, Hasher};
 use proto::size::Readable;
 use proto::upload::{
-    ClientCodec, ClientMessage, RefusalCode, ServerMessage, MAGIC, MIN_VERSION, VERSION,
+    ClientCodec, ClientMessage, RefusalCode, ServerMessage, HASH_VERSION, MAGIC, MIN_VERSION,
+    VERSION,
 };
-use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
@@ -70,6 +71,8 @@ pub struct Connection {
     version: u16,
     /// A token was sent to a server that checks none.
     token_unused: bool,
+    /// Digest the server verifies this connection's uploads with.
+    algorithm: Algorithm,
 }
 
 /// The notice for a token sent to a server that does not check tokens.
@@ -82,17 +85,42 @@ impl Connection {
     /// which uploads as before but has no `ls`, `get` or already-stored check.
     pub async fn open(opts: &Options) -> Result<Connection, ClientError> {
         let stream = connect(opts).await?;
-        match Self::hello(Box::new(stream), opts, VERSION).await? {
-            Ok(conn) => Ok(conn),
-            Err((RefusalCode::UnsupportedVersion, _)) => {
-                let stream = connect(opts).await?;
-                match Self::hello(Box::new(stream), opts, MIN_VERSION).await? {
-                    Ok(conn) => Ok(conn),
-                    Err((_, reason)) => Err(ClientError::Refused(reason)),
-                }
+        let mut reply = Self::hello(Box::new(stream), opts, VERSION).await?;
+        // An older server refuses versions it does not know: step down one
+        // version at a time (3 -> 2 -> 1), a bounded number of reconnects.
+        let mut version = VERSION;
+        while let Err((RefusalCode::UnsupportedVersion, _)) = &reply {
+            if version <= MIN_VERSION {
+                break;
             }
+            version -= 1;
+            let stream = connect(opts).await?;
+            reply = Self::hello(Box::new(stream), opts, version).await?;
+        }
+        match reply {
+            Ok(conn) => Ok(conn),
             Err((_, reason)) => Err(ClientError::Refused(reason)),
         }
+    }
+
+    /// Asks the server to verify this connection's uploads with `algorithm`
+    /// (version 3); SHA-256 needs no request and works with every server.
+    pub async fn use_hash(&mut self, algorithm: Algorithm) -> Result<(), ClientError> {
+        if algorithm == self.algorithm {
+            return Ok(());
+        }
+        if self.version < HASH_VERSION {
+            return Err(ClientError::Refused(format!(
+                "the server at {} speaks protocol version {} and accepts only sha256; upgrade up-srv or drop --hash {algorithm}",
+                self.addr, self.version
+            )));
+        }
+        self.send(ClientMessage::Hash {
+            algorithm: algorithm.name().to_string(),
+        })
+        .await?;
+        self.algorithm = algorithm;
+        Ok(())
     }
 
     /// Sends the magic and a hello on `stream`; the refusal, if any.
@@ -107,6 +135,7 @@ impl Connection {
             addr: opts.server.clone(),
             version,
             token_unused: false,
+            algorithm: Algorithm::Sha256,
         };
         conn.write(&MAGIC).await?;
         conn.send(ClientMessage::Hello {
@@ -298,6 +327,13 @@ pub struct Report {
     pub fatal: Option<ClientError>,
 }
 
+/// Opens a connection and asks for `opts.hash`.
+async fn open_with_hash(opts: &Options) -> Result<Connection, ClientError> {
+    let mut conn = Connection::open(opts).await?;
+    conn.use_hash(opts.hash).await?;
+    Ok(conn)
+}
+
 /// Uploads `jobs` in order over as few connections as possible (a broken
 /// connection is reopened for the next file), reporting each outcome.
 pub async fn upload_all(opts: &Options, jobs: &[FileJob], reporter: &mut dyn Reporter) -> Report {
@@ -308,7 +344,7 @@ pub async fn upload_all(opts: &Options, jobs: &[FileJob], reporter: &mut dyn Rep
     for job in jobs {
         let c = match conn.take() {
             Some(c) => conn.insert(c),
-            None => match Connection::open(opts).await {
+            None => match open_with_hash(opts).await {
                 Ok(c) => {
                     if c.token_unused && !std::mem::replace(&mut warned, true) {
                         reporter.notice(TOKEN_UNUSED);
@@ -357,10 +393,11 @@ async fn upload_one(
         Offered::Accept { offset, prefix } => (offset, prefix),
         Offered::Done(result) => return Ok(result),
     };
-    let (file, hasher, start) = match resume_point(job, offset, prefix, reporter).await {
-        Ok(v) => v,
-        Err(e) => return Ok(local_failure(e)),
-    };
+    let (file, hasher, start) =
+        match resume_point(job, offset, prefix, conn.algorithm, reporter).await {
+            Ok(v) => v,
+            Err(e) => return Ok(local_failure(e)),
+        };
     if let Err(e) = conn.send(ClientMessage::Start { offset: start }).await {
         return Ok(failed(job, e, false));
     }
@@ -410,7 +447,7 @@ async fn offer(conn: &mut Connection, job: &FileJob, reporter: &mut dyn Reporter
         reply => return accepted(job, reply),
     };
     reporter.verifying(&job.name, job.size);
-    let ours = match reader::hash_prefix(&job.path, job.size, reporter).await {
+    let ours = match reader::hash_prefix(&job.path, job.size, conn.algorithm, reporter).await {
         Ok((_, hasher)) => <[u8; 32]>::from(hasher.finalize()),
         Err(e) => return Offered::Done(local_failure(e)),
     };
@@ -462,8 +499,9 @@ async fn resume_point(
     job: &FileJob,
     offset: u64,
     prefix: [u8; 32],
+    algorithm: Algorithm,
     reporter: &mut dyn Reporter,
-) -> Result<(File, Sha256, u64), ClientError> {
+) -> Result<(File, Hasher, u64), ClientError> {
     let check = if offset > 0 && offset <= job.size {
         offset
     } else {
@@ -472,7 +510,7 @@ async fn resume_point(
     if check > 0 {
         reporter.verifying(&job.name, check);
     }
-    let (file, hasher) = reader::hash_prefix(&job.path, check, reporter).await?;
+    let (file, hasher) = reader::hash_prefix(&job.path, check, algorithm, reporter).await?;
     if check == 0 {
         return Ok((file, hasher, 0));
     }
@@ -484,7 +522,7 @@ async fn resume_point(
             "{}: the server's partial data differs from this file; restarting from 0",
             job.name
         ));
-        Ok((file, Sha256::new(), 0))
+        Ok((file, Hasher::new(algorithm), 0))
     }
 }
 

@@ -17,8 +17,8 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use proto::digest::{Algorithm, Hasher};
 use proto::upload::{name, ClientMessage, ServerMessage};
-use sha2::{Digest as _, Sha256};
 
 use crate::client::{refusal, Connection, Report};
 use crate::{reader, ClientError, Options, Outcome, Reporter};
@@ -221,7 +221,7 @@ async fn open_part(
     size: u64,
     name: &str,
     reporter: &mut dyn Reporter,
-) -> Result<(File, Sha256, u64), ClientError> {
+) -> Result<(File, Hasher, u64), ClientError> {
     if let Some(parent) = part.parent() {
         std::fs::create_dir_all(parent).map_err(|e| ClientError::Local {
             action: "cannot create",
@@ -239,9 +239,11 @@ async fn open_part(
         ));
     }
     let hasher = if offset > 0 {
-        reader::hash_prefix(part, offset, reporter).await?.1
+        reader::hash_prefix(part, offset, proto::digest::Algorithm::Sha256, reporter)
+            .await?
+            .1
     } else {
-        Sha256::new()
+        Hasher::new(Algorithm::Sha256)
     };
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -271,7 +273,7 @@ async fn open_part(
 async fn receive(
     conn: &mut Connection,
     file: File,
-    mut hasher: Sha256,
+    mut hasher: Hasher,
     len: u64,
     reporter: &mut dyn Reporter,
 ) -> Result<[u8; 32], ClientError> {

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
+use proto::digest::{Algorithm, Hasher};
 use proto::upload::LEGACY_REFUSAL_PREFIX;
-use sha2::Sha256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::client::{connect, send_body, Pacing, SendError};
@@ -60,7 +60,7 @@ pub async fn upload(
         Ok(Err(e)) => return Err(io_broken(e)),
     }
     reporter.file_started(&job.name, job.size, 0);
-    let body = reader::spawn(file, Sha256::default(), 0, job.size);
+    let body = reader::spawn(file, Hasher::new(Algorithm::Sha256), 0, job.size);
     let pacing = Pacing {
         limit_rate: opts.limit_rate,
         abort_after: opts.abort_after,

@@ -45,6 +45,8 @@ pub struct Options {
     pub limit_rate: Option<u64>,
     /// Testing aid: drop the connection after this many body bytes.
     pub abort_after: Option<u64>,
+    /// Digest uploads are verified with (`--hash`); SHA-256 by default.
+    pub hash: proto::digest::Algorithm,
 }
 
 /// What happened to one file.

@@ -11,7 +11,7 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::Path;
 
-use sha2::{Digest as _, Sha256};
+use proto::digest::{Algorithm, Hasher};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -68,10 +68,11 @@ pub const VERIFY_STEP: u64 = 8 * 1024 * 1024;
 pub async fn hash_prefix(
     path: &Path,
     len: u64,
+    algorithm: Algorithm,
     reporter: &mut dyn Reporter,
-) -> Result<(File, Sha256), ClientError> {
+) -> Result<(File, Hasher), ClientError> {
     let owned = path.to_path_buf();
-    let mut state = blocking(move || File::open(&owned).map(|f| (f, Sha256::new())))
+    let mut state = blocking(move || File::open(&owned).map(|f| (f, Hasher::new(algorithm))))
         .await
         .map_err(|e| ClientError::read(path, e))?;
     let mut left = len;
@@ -91,7 +92,7 @@ pub async fn hash_prefix(
 }
 
 /// Reads and hashes exactly `len` bytes of `file`.
-fn hash_some(file: &mut File, hasher: &mut Sha256, len: u64) -> io::Result<()> {
+fn hash_some(file: &mut File, hasher: &mut Hasher, len: u64) -> io::Result<()> {
     let mut buf = vec![0u8; BUFFER_SIZE];
     let mut left = len;
     while left > 0 {
@@ -120,7 +121,7 @@ async fn blocking<T: Send + 'static>(
 /// Starts reading `expected` bytes of `file` from `offset` on a blocking
 /// thread that also continues `hasher` (which must cover bytes `0..offset`),
 /// so reading and hashing overlap sending.
-pub fn spawn(mut file: File, mut hasher: Sha256, offset: u64, expected: u64) -> BodyReader {
+pub fn spawn(mut file: File, mut hasher: Hasher, offset: u64, expected: u64) -> BodyReader {
     let (chunk_tx, chunks) = mpsc::channel::<Chunk>(POOL_BUFFERS);
     let (free, mut free_rx) = mpsc::channel::<Vec<u8>>(POOL_BUFFERS);
     let reader = tokio::task::spawn_blocking(move || {

@@ -709,10 +709,13 @@ fn issue_10_a_token_an_open_server_does_not_need_is_noted_once() {
     );
 }
 
-/// A version-1-only server (an older up-srv) for `connections` connections:
-/// refuses version 2 as old servers did, welcomes version 1 and refuses the
-/// first offer with a marker reason.
-fn old_server(connections: usize) -> (std::net::SocketAddr, std::thread::JoinHandle<Vec<u16>>) {
+/// An older up-srv speaking versions up to `newest` for `connections`
+/// connections: refuses newer versions as old servers did, welcomes the
+/// others and refuses the first offer with a marker reason.
+fn old_server(
+    connections: usize,
+    newest: u16,
+) -> (std::net::SocketAddr, std::thread::JoinHandle<Vec<u16>>) {
     use bytes::BytesMut;
     use proto::upload::{ClientMessage, RefusalCode, ServerCodec, ServerMessage};
     use std::io::{Read as _, Write as _};
@@ -744,15 +747,15 @@ fn old_server(connections: usize) -> (std::net::SocketAddr, std::thread::JoinHan
             let reply = match next(&mut s, &mut buf) {
                 Some(ClientMessage::Hello { version, .. }) => {
                     versions.push(version);
-                    if version == 1 {
+                    if version <= newest {
                         ServerMessage::Welcome {
-                            version: 1,
+                            version,
                             token_checked: false,
                         }
                     } else {
                         ServerMessage::Refuse {
                             code: RefusalCode::UnsupportedVersion,
-                            reason: "protocol version 2 is not supported".into(),
+                            reason: format!("protocol version {version} is not supported"),
                         }
                     }
                 }
@@ -782,16 +785,16 @@ fn old_server(connections: usize) -> (std::net::SocketAddr, std::thread::JoinHan
 fn issue_10_a_new_up_cli_falls_back_to_version_1_for_an_older_up_srv() {
     let src = tempfile::tempdir().expect("tempdir");
     std::fs::write(src.path().join("f"), b"x").expect("write");
-    let (addr, server) = old_server(2);
+    let (addr, server) = old_server(3, 1);
     let run = up_cli(src.path(), &["--host", &addr.to_string(), "f"], &[]);
     assert!(
         run.stderr.contains("old server saw the offer"),
         "{}",
         run.stderr
     );
-    assert_eq!(server.join().expect("server"), [2, 1]);
+    assert_eq!(server.join().expect("server"), [3, 2, 1]);
 
-    let (addr, server) = old_server(2);
+    let (addr, server) = old_server(3, 1);
     let run = up_cli(src.path(), &["--host", &addr.to_string(), "ls"], &[]);
     assert_eq!(run.code, Some(1));
     assert!(
@@ -799,5 +802,85 @@ fn issue_10_a_new_up_cli_falls_back_to_version_1_for_an_older_up_srv() {
         "{}",
         run.stderr
     );
-    assert_eq!(server.join().expect("server"), [2, 1]);
+    assert_eq!(server.join().expect("server"), [3, 2, 1]);
+}
+
+#[test]
+fn issue_11_sha256_uploads_still_work_with_a_version_2_up_srv() {
+    let src = tempfile::tempdir().expect("tempdir");
+    std::fs::write(src.path().join("f"), b"x").expect("write");
+    let (addr, server) = old_server(2, 2);
+    let run = up_cli(src.path(), &["--host", &addr.to_string(), "f"], &[]);
+    assert!(
+        run.stderr.contains("old server saw the offer"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(server.join().expect("server"), [3, 2]);
+}
+
+#[test]
+fn issue_11_blake3_against_a_version_2_up_srv_says_what_to_do() {
+    let src = tempfile::tempdir().expect("tempdir");
+    std::fs::write(src.path().join("f"), b"x").expect("write");
+    let (addr, server) = old_server(2, 2);
+    let run = up_cli(
+        src.path(),
+        &["--host", &addr.to_string(), "--hash", "blake3", "f"],
+        &[],
+    );
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("accepts only sha256; upgrade up-srv or drop --hash blake3"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("old server saw the offer"),
+        "nothing offered"
+    );
+    assert_eq!(run.stdout, "");
+    assert_eq!(server.join().expect("server"), [3, 2]);
+}
+
+#[test]
+fn issue_11_hash_blake3_prints_b3sum_lines_and_reruns_skip() {
+    use proto::digest::{digest, Algorithm};
+    let server = start_server_with(|c| c.allow_get = true);
+    let src = tempfile::tempdir().expect("tempdir");
+    let a = data(300_000, 7);
+    let b = data(5, 8);
+    std::fs::write(src.path().join("a.bin"), &a).expect("write");
+    std::fs::write(src.path().join("b.bin"), &b).expect("write");
+    let b3 = |d: &[u8]| digest(Algorithm::Blake3, d).to_hex();
+    let expected = format!("{}  a.bin\n{}  b.bin\n", b3(&a), b3(&b));
+    let p = port(&server);
+    let args = ["-q", "-p", &p, "--hash", "blake3", "a.bin", "b.bin"];
+    let run = up_cli(src.path(), &args, &[]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(run.stdout, expected, "b3sum format");
+    assert_eq!(server.read("a.bin"), a);
+
+    // A rerun finds them stored through the BLAKE3 records: same lines, no copies.
+    let run = up_cli(src.path(), &args, &[]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(run.stdout, expected);
+    assert_eq!(stored_files(&server.dir), ["a.bin", "b.bin"]);
+
+    // SHA-256 stays the default, and ls still lists SHA-256 lines.
+    let run = up_cli(src.path(), &["-q", "-p", &p, "ls"], &[]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(
+        run.stdout,
+        format!("{}  a.bin\n{}  b.bin\n", sha256_hex(&a), sha256_hex(&b))
+    );
+
+    let run = up_cli(src.path(), &["-p", &p, "--hash", "md5", "a.bin"], &[]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("use sha256 or blake3"),
+        "{}",
+        run.stderr
+    );
 }

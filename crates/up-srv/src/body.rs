@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
-use sha2::{Digest as _, Sha256};
+use proto::digest::{Algorithm, Hasher};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -71,7 +71,7 @@ pub struct Body {
     /// Bytes appended to the file (all received bytes, even on early end).
     pub written: u64,
     /// Hash state covering the prefix and the written bytes.
-    pub hasher: Sha256,
+    pub hasher: Hasher,
     /// Why reception ended.
     pub end: BodyEnd,
 }
@@ -119,7 +119,7 @@ struct Chunk {
 /// What the hashing and writing thread hands back.
 struct Worker {
     written: u64,
-    hasher: Sha256,
+    hasher: Hasher,
     result: io::Result<()>,
 }
 
@@ -131,7 +131,7 @@ pub async fn receive<S: AsyncRead + Unpin>(
     pending: &mut BytesMut,
     expected: u64,
     file: File,
-    hasher: Sha256,
+    hasher: Hasher,
     cancel: &CancellationToken,
     pace: Pace,
 ) -> Body {
@@ -237,7 +237,7 @@ pub async fn receive<S: AsyncRead + Unpin>(
         },
         Err(join) => Body {
             written: 0,
-            hasher: Sha256::new(),
+            hasher: Hasher::new(Algorithm::Sha256),
             end: BodyEnd::Write(io::Error::other(format!("writer task failed: {join}"))),
         },
     }
@@ -248,7 +248,7 @@ pub async fn receive<S: AsyncRead + Unpin>(
 /// covers every received byte) so the session's sends never block.
 fn hash_and_write(
     mut file: File,
-    mut hasher: Sha256,
+    mut hasher: Hasher,
     mut chunks: mpsc::Receiver<Chunk>,
     free: mpsc::Sender<Vec<u8>>,
 ) -> Worker {
@@ -386,7 +386,7 @@ mod tests {
         let count = usize::try_from(SYNC_EVERY).expect("fits") / BUFFER_SIZE * 3 / 2;
         let (tx, rx) = mpsc::channel::<Chunk>(count);
         let (free_tx, mut free_rx) = mpsc::channel::<Vec<u8>>(count);
-        let mut expected = Sha256::new();
+        let mut expected = Hasher::new(Algorithm::Sha256);
         for i in 0..count {
             let buf = vec![u8::try_from(i % 251).expect("small"); BUFFER_SIZE];
             expected.update(&buf);
@@ -397,7 +397,7 @@ mod tests {
             .expect("room for every chunk");
         }
         drop(tx);
-        let worker = hash_and_write(file, Sha256::new(), rx, free_tx);
+        let worker = hash_and_write(file, Hasher::new(Algorithm::Sha256), rx, free_tx);
         assert!(worker.result.is_ok(), "{:?}", worker.result);
         let total = (count * BUFFER_SIZE) as u64;
         assert_eq!(worker.written, total);

@@ -125,6 +125,8 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: Args) -> anyhow::Result<()> {
+    // A misspelt SOCKCHAT_SHA256 is an error, not silently the default.
+    proto::digest::Sha256Backend::from_env()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -34,12 +34,12 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use futures_util::StreamExt as _;
+use proto::digest::{Algorithm, Hasher};
 use proto::size::Readable;
 use proto::upload::{
-    self, name, ClientMessage, Digest, Form, RefusalCode, ServerCodec, ServerMessage, LEGACY_NAME,
-    LEGACY_REPLY, MAGIC, MIN_VERSION, VERSION,
+    self, name, ClientMessage, Digest, Form, RefusalCode, ServerCodec, ServerMessage, HASH_VERSION,
+    LEGACY_NAME, LEGACY_REPLY, MAGIC, MIN_VERSION, VERSION,
 };
-use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::Decoder;
 use tracing::{debug, info, warn};
@@ -106,6 +106,8 @@ struct Conn<S> {
     frame_deadline: Option<tokio::time::Instant>,
     /// Protocol version agreed in the hello; version 1 never sees `Present`.
     version: u16,
+    /// Digest that verifies later offers (version 3 `Hash`; SHA-256 before).
+    algorithm: Algorithm,
 }
 
 /// Serves one connection to its end; never returns an error to the accept loop.
@@ -117,6 +119,7 @@ pub async fn run<S: Stream>(stream: S, peer: SocketAddr, shared: Arc<Shared>) {
         shared,
         frame_deadline: None,
         version: MIN_VERSION,
+        algorithm: Algorithm::Sha256,
     };
     let result = match conn.detect().await {
         Ok(Form::Legacy) => conn.legacy().await,
@@ -375,6 +378,26 @@ impl<S: Stream> Conn<S> {
                 ClientMessage::Get { name } if self.version >= 2 => {
                     self.get(name::nfc(&name)).await?
                 }
+                ClientMessage::Hash { algorithm } if self.version >= HASH_VERSION => {
+                    match Algorithm::from_name(&algorithm) {
+                        // The object store checks and records SHA-256 (x-amz-checksum-sha256).
+                        Some(a) if a != Algorithm::Sha256 && self.shared.config.store.is_some() => {
+                            let reason = format!(
+                                "this server keeps files in an object store, which verifies SHA-256 only; upload without --hash {algorithm}"
+                            );
+                            self.refuse(RefusalCode::BadMessage, reason.clone()).await;
+                            return Err(Stop::Failed(reason));
+                        }
+                        Some(a) => self.algorithm = a,
+                        None => {
+                            let reason = format!(
+                                "unknown digest algorithm {algorithm:?} (this server accepts sha256 and blake3)"
+                            );
+                            self.refuse(RefusalCode::BadMessage, reason.clone()).await;
+                            return Err(Stop::Failed(reason));
+                        }
+                    }
+                }
                 other => return Err(self.unexpected("an offer", &other).await),
             }
         }
@@ -468,14 +491,18 @@ impl<S: Stream> Conn<S> {
     /// digest and lets it skip. `Ok(true)` when the client skipped.
     async fn already_stored(&mut self, name: &str, size: u64) -> Result<bool, Stop> {
         let n = name.to_string();
+        let algorithm = self.algorithm;
         let found = match self.shared.config.store.clone() {
+            // The store records SHA-256 only (a connection on BLAKE3 is refused
+            // with --store), so there is nothing to compare other digests with.
+            Some(_) if algorithm != Algorithm::Sha256 => Ok(None),
             Some(store) => match store.stored(name).await {
                 Ok(record) => Ok(record.filter(|r| r.size == size).map(|r| r.sha256)),
                 Err(e) => Err(e.to_string()),
             },
             None => self
                 .shared
-                .blocking(move |s| s.storage.stored_digest(&n, size))
+                .blocking(move |s| s.storage.stored_digest_with(&n, size, algorithm))
                 .await
                 .map_err(|e| e.to_string()),
         };
@@ -504,8 +531,9 @@ impl<S: Stream> Conn<S> {
         &mut self,
         name: &str,
         size: u64,
-    ) -> Result<Option<(PartialUpload, Sha256)>, Stop> {
+    ) -> Result<Option<(PartialUpload, Hasher)>, Stop> {
         let n = name.to_string();
+        let algorithm = self.algorithm;
         let opened = self
             .shared
             .blocking(move |s| {
@@ -518,7 +546,7 @@ impl<S: Stream> Conn<S> {
                     Err(e) => warn!("{e} (skipping the free-space check)"),
                 }
                 let mut partial = s.storage.open_partial(&n, size)?;
-                let hasher = partial.hash_prefix()?;
+                let hasher = partial.hash_prefix(algorithm)?;
                 Ok(Ok((partial, hasher)))
             })
             .await;
@@ -543,8 +571,8 @@ impl<S: Stream> Conn<S> {
         &mut self,
         name: &str,
         partial: PartialUpload,
-        hasher: Sha256,
-    ) -> Result<(PartialUpload, Sha256, u64), Stop> {
+        hasher: Hasher,
+    ) -> Result<(PartialUpload, Hasher, u64), Stop> {
         let offset = partial.len();
         let start = match self.confirm_start(name, offset, &hasher).await {
             Ok(start) => start,
@@ -569,7 +597,7 @@ impl<S: Stream> Conn<S> {
             })
             .await;
         match restarted {
-            Ok(partial) => Ok((partial, Sha256::new(), 0)),
+            Ok(partial) => Ok((partial, Hasher::new(self.algorithm), 0)),
             Err(e) => Err(self.refuse_storage(name, &e).await),
         }
     }
@@ -578,7 +606,7 @@ impl<S: Stream> Conn<S> {
         &mut self,
         name: &str,
         offset: u64,
-        hasher: &Sha256,
+        hasher: &Hasher,
     ) -> Result<u64, Stop> {
         let prefix_sha256: Digest = hasher.clone().finalize().into();
         self.send(ServerMessage::Accept {
@@ -605,7 +633,7 @@ impl<S: Stream> Conn<S> {
         name: &str,
         size: u64,
         partial: PartialUpload,
-        hasher: Sha256,
+        hasher: Hasher,
         start: u64,
     ) -> Result<(PartialUpload, Body), Stop> {
         let handle = self
@@ -692,7 +720,7 @@ impl<S: Stream> Conn<S> {
             &stored,
             size - start,
             began.elapsed(),
-            &actual,
+            (self.algorithm, &actual),
             start,
         );
         self.send(ServerMessage::Stored {
@@ -715,9 +743,10 @@ impl<S: Stream> Conn<S> {
             return self.put_into_store(&store, name, partial, digest).await;
         }
         let n = name.to_string();
+        let algorithm = self.algorithm;
         match self
             .shared
-            .blocking(move |s| s.storage.finish(partial, &n, &digest))
+            .blocking(move |s| s.storage.finish_with(partial, &n, &digest, algorithm))
             .await
         {
             Ok(stored) => Ok(Some(stored)),
@@ -960,7 +989,7 @@ impl<S: Stream> Conn<S> {
             &mut self.buf,
             size,
             file,
-            Sha256::new(),
+            Hasher::new(Algorithm::Sha256),
             &self.shared.cancel,
             Pace::of(&self.shared.config),
         )
@@ -996,7 +1025,14 @@ impl<S: Stream> Conn<S> {
                 .await
                 .map_err(|e| Stop::Failed(e.to_string()))?,
         };
-        log_stored(self.peer, &stored, size, began.elapsed(), &digest, 0);
+        log_stored(
+            self.peer,
+            &stored,
+            size,
+            began.elapsed(),
+            (Algorithm::Sha256, &digest),
+            0,
+        );
         self.drain_extra().await;
         Ok(())
     }
@@ -1128,7 +1164,7 @@ fn log_stored(
     name: &str,
     bytes: u64,
     took: Duration,
-    digest: &Digest,
+    (algorithm, digest): (Algorithm, &Digest),
     resumed_at: u64,
 ) {
     let secs = took.as_secs_f64().max(1e-6);
@@ -1139,7 +1175,7 @@ fn log_stored(
         String::new()
     };
     info!(
-        "stored {name} from {peer}: {bytes} bytes{resumed} in {secs:.2} s ({rate}/s) sha256 {}",
+        "stored {name} from {peer}: {bytes} bytes{resumed} in {secs:.2} s ({rate}/s) {algorithm} {}",
         upload::hex(digest)
     );
 }

@@ -22,9 +22,9 @@ use nix::errno::Errno;
 use nix::fcntl::{openat, renameat, renameat2, OFlag, RenameFlags};
 use nix::sys::stat::{fstatat, mkdirat, Mode};
 use nix::unistd::{unlinkat, UnlinkatFlags};
+use proto::digest::{Algorithm, Hasher};
 use proto::upload::name::{self, NameError};
 use proto::upload::Digest;
-use sha2::{Digest as _, Sha256};
 
 /// Hidden directory inside the upload dir that holds partial uploads.
 /// Names starting with it are refused so no upload can land there.
@@ -154,9 +154,10 @@ impl PartialUpload {
         self.len == 0
     }
 
-    /// Hashes the held prefix; the returned state continues with the body.
-    pub fn hash_prefix(&mut self) -> Result<Sha256, StorageError> {
-        let mut hasher = Sha256::new();
+    /// Hashes the held prefix with `algorithm`; the returned state continues
+    /// with the body.
+    pub fn hash_prefix(&mut self, algorithm: Algorithm) -> Result<Hasher, StorageError> {
+        let mut hasher = Hasher::new(algorithm);
         self.file
             .seek(SeekFrom::Start(0))
             .map_err(|e| io_err("read", self.data_name(), e))?;
@@ -267,9 +268,9 @@ pub struct Listed {
     pub sha256: Digest,
 }
 
-/// Hashes the first `len` bytes of `file` from its start.
-fn hash_file(mut file: File, len: u64) -> io::Result<Digest> {
-    let mut hasher = Sha256::new();
+/// Hashes the first `len` bytes of `file` from its start with `algorithm`.
+fn hash_file(mut file: File, len: u64, algorithm: Algorithm) -> io::Result<Digest> {
+    let mut hasher = Hasher::new(algorithm);
     let mut buf = vec![0u8; HASH_BUF];
     let mut left = len;
     while left > 0 {
@@ -351,10 +352,10 @@ impl Storage {
     /// The partial key of (name, size): a hash, so nested names stay flat
     /// and the same upload always finds the same partial.
     fn key(name: &str, size: u64) -> String {
-        let mut h = Sha256::new();
+        let mut h = Hasher::new(Algorithm::Sha256);
         h.update(name.as_bytes());
-        h.update([0]);
-        h.update(size.to_be_bytes());
+        h.update(&[0]);
+        h.update(&size.to_be_bytes());
         let d: [u8; 32] = h.finalize().into();
         proto::upload::hex(&d)[..32].to_string()
     }
@@ -464,6 +465,18 @@ impl Storage {
         name: &str,
         sha256: &Digest,
     ) -> Result<String, StorageError> {
+        self.finish_with(partial, name, sha256, Algorithm::Sha256)
+    }
+
+    /// [`Storage::finish`] for a file verified with `algorithm`: the record
+    /// kept is of that algorithm.
+    pub fn finish_with(
+        &self,
+        partial: PartialUpload,
+        name: &str,
+        sha256: &Digest,
+        algorithm: Algorithm,
+    ) -> Result<String, StorageError> {
         let stamp = Stamp::of(&partial.file).map_err(|e| io_err("stat", partial.data_name(), e))?;
         if self.fsync {
             partial
@@ -561,21 +574,41 @@ impl Storage {
             UnlinkatFlags::NoRemoveDir,
         );
         let stored = format!("{prefix}{stored_leaf}");
-        self.write_record(&stored, stamp, sha256)?;
+        self.write_record(&stored, stamp, sha256, algorithm)?;
         Ok(stored)
     }
 
-    /// The record file of a stored name, flat like the partial keys.
-    fn record_name(name: &str) -> String {
-        let d: Digest = Sha256::digest(name.as_bytes()).into();
-        proto::upload::hex(&d[..16])
+    /// The record file of a stored name, flat like the partial keys; one per
+    /// algorithm (SHA-256 records keep their original, suffix-less names).
+    fn record_name(name: &str, algorithm: Algorithm) -> String {
+        let d: Digest = proto::digest::digest(Algorithm::Sha256, name.as_bytes()).into();
+        match algorithm {
+            Algorithm::Sha256 => proto::upload::hex(&d[..16]),
+            other => format!("{}.{other}", proto::upload::hex(&d[..16])),
+        }
     }
 
-    fn write_record(&self, name: &str, stamp: Stamp, sha256: &Digest) -> Result<(), StorageError> {
-        let file = Self::record_name(name);
+    /// Writes the digest record of `name` (temp file, then rename), without fsync.
+    ///
+    /// A record is a cache, never the only copy of anything: it is trusted only
+    /// while the stored file's size and mtime match it, and one that is missing,
+    /// empty or cut short by a crash fails to parse (its last line must name the
+    /// file), so the file is hashed again. Skipping its two fsyncs halves the
+    /// fsyncs of a small upload, and the file itself is still durable before
+    /// its verdict is sent. After a crash in `--overwrite` mode an older record
+    /// may outlive its file's replacement; its stamp then no longer matches, so
+    /// `ls` rehashes and `get` reports the file as changed rather than trust it.
+    fn write_record(
+        &self,
+        name: &str,
+        stamp: Stamp,
+        sha256: &Digest,
+        algorithm: Algorithm,
+    ) -> Result<(), StorageError> {
+        let file = Self::record_name(name, algorithm);
         let tmp = format!("{file}.tmp");
         let body = format!(
-            "up-srv digest v1\nsha256={}\nsize={}\nmtime_ns={}\nname={name}\n",
+            "up-srv digest v1\n{algorithm}={}\nsize={}\nmtime_ns={}\nname={name}\n",
             proto::upload::hex(sha256),
             stamp.size,
             stamp.mtime_ns
@@ -594,24 +627,16 @@ impl Storage {
         let mut f = File::from(fd);
         f.write_all(body.as_bytes())
             .map_err(|e| io_err("write", format!("{PARTIAL_DIR}/{SUMS_DIR}/{tmp}"), e))?;
-        if self.fsync {
-            f.sync_all()
-                .map_err(|e| io_err("fsync", format!("{PARTIAL_DIR}/{SUMS_DIR}/{tmp}"), e))?;
-        }
         renameat(&self.sums_fd, tmp.as_str(), &self.sums_fd, file.as_str())
             .map_err(|e| io_err("rename", format!("{PARTIAL_DIR}/{SUMS_DIR}/{file}"), e))?;
-        if self.fsync {
-            nix::unistd::fsync(&self.sums_fd)
-                .map_err(|e| io_err("fsync", format!("{PARTIAL_DIR}/{SUMS_DIR}"), e))?;
-        }
         Ok(())
     }
 
-    /// The recorded digest of `name` and the stamp it was taken at.
-    fn read_record(&self, name: &str) -> Option<(Digest, Stamp)> {
+    /// The recorded `algorithm` digest of `name` and the stamp it was taken at.
+    fn read_record(&self, name: &str, algorithm: Algorithm) -> Option<(Digest, Stamp)> {
         let fd = openat(
             &self.sums_fd,
-            Self::record_name(name).as_str(),
+            Self::record_name(name, algorithm).as_str(),
             OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             Mode::empty(),
         )
@@ -622,7 +647,10 @@ impl Storage {
         if lines.next()? != "up-srv digest v1" {
             return None;
         }
-        let hex = lines.next()?.strip_prefix("sha256=")?;
+        let hex = lines
+            .next()?
+            .strip_prefix(algorithm.name())?
+            .strip_prefix('=')?;
         let size = lines.next()?.strip_prefix("size=")?.parse().ok()?;
         let mtime_ns = lines.next()?.strip_prefix("mtime_ns=")?.parse().ok()?;
         if lines.next()?.strip_prefix("name=")? != name {
@@ -675,13 +703,23 @@ impl Storage {
     /// recorded one while size and mtime still match, else the file is
     /// hashed again and the record renewed. `None` when no such file is stored.
     pub fn stored_digest(&self, name: &str, size: u64) -> Result<Option<Digest>, StorageError> {
+        self.stored_digest_with(name, size, Algorithm::Sha256)
+    }
+
+    /// [`Storage::stored_digest`] in `algorithm`.
+    pub fn stored_digest_with(
+        &self,
+        name: &str,
+        size: u64,
+        algorithm: Algorithm,
+    ) -> Result<Option<Digest>, StorageError> {
         let Some((file, stamp)) = self.open_stored(name)? else {
             return Ok(None);
         };
         if stamp.size != size {
             return Ok(None);
         }
-        self.digest_of(name, file, stamp, true).map(Some)
+        self.digest_of(name, file, stamp, true, algorithm).map(Some)
     }
 
     /// The recorded digest while it matches `stamp`; otherwise the file is
@@ -692,16 +730,17 @@ impl Storage {
         file: File,
         stamp: Stamp,
         renew: bool,
+        algorithm: Algorithm,
     ) -> Result<Digest, StorageError> {
-        let record = self.read_record(name);
+        let record = self.read_record(name, algorithm);
         if let Some((digest, recorded)) = record {
             if recorded == stamp {
                 return Ok(digest);
             }
         }
-        let digest = hash_file(file, stamp.size).map_err(|e| io_err("read", name, e))?;
+        let digest = hash_file(file, stamp.size, algorithm).map_err(|e| io_err("read", name, e))?;
         if record.is_none() || renew {
-            self.write_record(name, stamp, &digest)?;
+            self.write_record(name, stamp, &digest, algorithm)?;
         }
         Ok(digest)
     }
@@ -714,13 +753,14 @@ impl Storage {
         let Some((file, stamp)) = self.open_stored(name)? else {
             return Ok(Fetch::NotFound);
         };
-        let sha256 = match self.read_record(name) {
+        let sha256 = match self.read_record(name, Algorithm::Sha256) {
             Some((digest, recorded)) if recorded == stamp => digest,
             Some(_) => return Ok(Fetch::Changed),
             None => {
                 let copy = file.try_clone().map_err(|e| io_err("open", name, e))?;
-                let digest = hash_file(copy, stamp.size).map_err(|e| io_err("read", name, e))?;
-                self.write_record(name, stamp, &digest)?;
+                let digest = hash_file(copy, stamp.size, Algorithm::Sha256)
+                    .map_err(|e| io_err("read", name, e))?;
+                self.write_record(name, stamp, &digest, Algorithm::Sha256)?;
                 digest
             }
         };
@@ -744,7 +784,7 @@ impl Storage {
             let Some((file, stamp)) = self.open_stored(&name)? else {
                 continue;
             };
-            let sha256 = self.digest_of(&name, file, stamp, false)?;
+            let sha256 = self.digest_of(&name, file, stamp, false, Algorithm::Sha256)?;
             out.push(Listed {
                 mtime: u64::try_from(stamp.mtime_ns / 1_000_000_000).unwrap_or(u64::MAX),
                 size: stamp.size,
@@ -976,8 +1016,38 @@ mod tests {
             .expect("handle")
             .write_all(data)
             .expect("write");
-        let digest: Digest = Sha256::digest(data).into();
+        let digest: Digest = proto::digest::digest(Algorithm::Sha256, data).into();
         (s.finish(p, name, &digest).expect("finish"), digest)
+    }
+
+    #[test]
+    fn a_record_cut_short_by_a_crash_is_never_trusted_wrongly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Storage::open(dir.path(), false, false).expect("open");
+        let (name, digest) = store(&s, "cut.txt", b"gamma");
+        let path = dir
+            .path()
+            .join(PARTIAL_DIR)
+            .join(SUMS_DIR)
+            .join(Storage::record_name(&name, Algorithm::Sha256));
+        let full = std::fs::read(&path).expect("record");
+        let mut ignored = 0;
+        for cut in 0..full.len() {
+            std::fs::write(&path, &full[..cut]).expect("cut");
+            match s.read_record(&name, Algorithm::Sha256) {
+                Some((d, _)) => assert_eq!(d, digest, "cut at {cut}"),
+                None => ignored += 1,
+            }
+            // Whatever the record's state, the answer is the file's digest.
+            assert_eq!(s.stored_digest(&name, 5).expect("digest"), Some(digest));
+        }
+        assert!(ignored >= full.len() - 1, "only the final newline may go");
+        std::fs::write(&path, vec![0u8; full.len()]).expect("zeros");
+        assert_eq!(
+            s.read_record(&name, Algorithm::Sha256),
+            None,
+            "a zero-filled record is ignored"
+        );
     }
 
     #[test]
@@ -1017,7 +1087,7 @@ mod tests {
             .set_modified(later)
             .expect("touch");
         assert!(matches!(s.fetch("a.txt").expect("fetch"), Fetch::Changed));
-        let fresh: Digest = Sha256::digest(b"ALPHA").into();
+        let fresh: Digest = proto::digest::digest(Algorithm::Sha256, b"ALPHA").into();
         assert_eq!(s.stored_digest("a.txt", 5).expect("digest"), Some(fresh));
     }
 }

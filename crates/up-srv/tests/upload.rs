@@ -480,3 +480,88 @@ async fn aborted_offer_leaves_no_partial_bookkeeping() {
     assert!(server.stored().is_empty());
     server.stop().await;
 }
+
+/// Connects, asks for BLAKE3 and offers `name`, retrying while the server
+/// still holds the previous connection's upload (busy).
+async fn blake3_offer(
+    server: &crate::common::TestServer,
+    name: &str,
+    size: u64,
+) -> (Client, ServerMessage) {
+    within(async {
+        loop {
+            let mut c = Client::connect(server.addr).await;
+            c.send(ClientMessage::Hash {
+                algorithm: "blake3".into(),
+            })
+            .await;
+            match c.offer(name, size).await {
+                ServerMessage::Refuse {
+                    code: RefusalCode::Busy,
+                    ..
+                } => tokio::time::sleep(Duration::from_millis(10)).await,
+                answer => return (c, answer),
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_11_blake3_uploads_verify_resume_and_are_found_again() {
+    use proto::digest::{digest, Algorithm};
+    let b3 = |d: &[u8]| -> [u8; 32] { digest(Algorithm::Blake3, d).into() };
+    let server = start_server().await;
+    let body = data(300_000, 5);
+    let half = body.len() / 2;
+    {
+        let (mut c, answer) = blake3_offer(&server, "b.bin", body.len() as u64).await;
+        assert!(matches!(answer, ServerMessage::Accept { offset: 0, .. }));
+        c.send(ClientMessage::Start { offset: 0 }).await;
+        c.raw(&body[..half]).await;
+    }
+    let (mut c, answer) = blake3_offer(&server, "b.bin", body.len() as u64).await;
+    match answer {
+        ServerMessage::Accept {
+            offset,
+            prefix_sha256,
+        } => {
+            assert_eq!(offset, half as u64);
+            assert_eq!(prefix_sha256, b3(&body[..half]), "prefix digest is BLAKE3");
+        }
+        other => panic!("expected accept, got {other:?}"),
+    }
+    // A SHA-256 digest is a mismatch once BLAKE3 was asked for.
+    let answer = c.body_and_finish(&body, half as u64, sha256(&body)).await;
+    expect_refused(answer, RefusalCode::DigestMismatch);
+    assert!(server.stored().is_empty());
+
+    let (mut c, answer) = blake3_offer(&server, "b.bin", body.len() as u64).await;
+    assert!(matches!(answer, ServerMessage::Accept { offset: 0, .. }));
+    let (stored, d) = expect_stored(c.body_and_finish(&body, 0, b3(&body)).await);
+    assert_eq!((stored.as_str(), d), ("b.bin", b3(&body)));
+    assert_eq!(server.read("b.bin"), body);
+
+    // The same name and size again: Present carries the recorded BLAKE3 digest.
+    let (_c, answer) = blake3_offer(&server, "b.bin", body.len() as u64).await;
+    assert_eq!(answer, ServerMessage::Present { sha256: b3(&body) });
+    // A SHA-256 session sees the SHA-256 digest of the same file.
+    let mut c = Client::connect(server.addr).await;
+    assert_eq!(
+        c.offer("b.bin", body.len() as u64).await,
+        ServerMessage::Present {
+            sha256: sha256(&body)
+        }
+    );
+
+    // An unknown algorithm is one clear refusal, then the connection closes.
+    let mut c = Client::connect(server.addr).await;
+    c.send(ClientMessage::Hash {
+        algorithm: "md5".into(),
+    })
+    .await;
+    let reason = expect_refused(c.recv().await.expect("refusal"), RefusalCode::BadMessage);
+    assert!(reason.contains("accepts sha256 and blake3"), "{reason}");
+    assert_eq!(c.recv().await, None);
+    server.stop().await;
+}

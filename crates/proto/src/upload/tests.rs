@@ -36,6 +36,9 @@ fn client_samples() -> Vec<ClientMessage> {
         ClientMessage::Get {
             name: "photos/a b.jpg".into(),
         },
+        ClientMessage::Hash {
+            algorithm: "blake3".into(),
+        },
     ]
 }
 

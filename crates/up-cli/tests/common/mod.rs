@@ -154,8 +154,7 @@ pub fn up_cli_with_input(
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {
-    use sha2::Digest as _;
-    proto::upload::hex(&sha2::Sha256::digest(data))
+    proto::digest::digest(proto::digest::Algorithm::Sha256, data).to_hex()
 }
 
 pub fn data(len: usize, seed: u8) -> Vec<u8> {

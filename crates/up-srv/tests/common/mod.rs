@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use proto::digest::Algorithm;
 use proto::upload::{ClientCodec, ClientMessage, Digest, ServerMessage, MAGIC, VERSION};
-use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -131,7 +131,7 @@ pub async fn start_server_in(dir: PathBuf, tweak: impl FnOnce(&mut up_srv::Confi
 }
 
 pub fn sha256(data: &[u8]) -> Digest {
-    Sha256::digest(data).into()
+    proto::digest::digest(Algorithm::Sha256, data).into()
 }
 
 /// Deterministic test data of `len` bytes.
