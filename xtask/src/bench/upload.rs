@@ -331,7 +331,7 @@ const HASH_IMPLS: [(&str, &str); 4] = [
     ),
     (
         "ring",
-        "SHA-256, `ring` (what `proto::digest` picks without SHA extensions)",
+        "SHA-256, `ring` (picked without SHA extensions; uses them when present)",
     ),
     (
         "portable",
@@ -434,7 +434,8 @@ fn hash_ceilings(bin: &Path, plan: &Plan, big: &Path, rows: &mut Vec<Row>) -> Re
         Row::new(
             format!(
                 "hash ceiling: `openssl dgst -sha256`, SHA extensions masked \
-                 (`OPENSSL_ia32cap={OPENSSL_NO_SHA_NI}`), as on a CPU without them"
+                 (`OPENSSL_ia32cap={OPENSSL_NO_SHA_NI}`): the assembly a CPU without \
+                 them runs (ring's comes from the same CRYPTOGAMS code)"
             ),
             Figure::new(openssl_soft, "MB/s"),
             Target::None,
