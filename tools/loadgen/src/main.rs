@@ -82,7 +82,7 @@ fn run(cli: Cli) -> Result<String> {
             Mode::Rtt(args) => rtt::run(args).await,
             Mode::Fanout(args) => fanout::run(args).await,
             Mode::Idle(args) => idle::run(args, nofile).await,
-            Mode::Hash(args) => Ok(hash::run(&args)),
+            Mode::Hash(args) => hash::run(&args),
         }
     })
 }

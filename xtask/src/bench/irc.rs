@@ -33,16 +33,7 @@ fn configure_and_start(ngircd: &Path, dir: &Path) -> Result<Service> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let addr = procfs::free_addr()?;
     let config = dir.join("ngircd.conf");
-    let text = format!(
-        "[Global]\nName = irc.bench\nInfo = sockchat bench peer\nListen = 127.0.0.1\n\
-         Ports = {port}\nMotdPhrase = bench\nAdminInfo1 = sockchat bench\n\
-         AdminInfo2 = loopback\nAdminEMail = bench@localhost\n\
-         [Limits]\nMaxConnections = 0\nMaxConnectionsIP = 0\nMaxJoins = 0\n\
-         MaxPenaltyTime = 0\nMaxListSize = 100000\nPingTimeout = 600\nPongTimeout = 60\n\
-         [Options]\nDNS = no\nIdent = no\nPAM = no\n\
-         [Channel]\nName = {CHANNEL}\nModes = +n\n",
-        port = addr.port(),
-    );
+    let text = config_text(addr.port());
     std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
     let log_path = dir.join("ngircd.log");
     let log = std::fs::File::create(&log_path)
@@ -53,4 +44,41 @@ fn configure_and_start(ngircd: &Path, dir: &Path) -> Result<Service> {
         .stdout(Stdio::null())
         .stderr(log);
     Service::start("ngircd", cmd, addr)
+}
+
+/// ngircd's configuration: loopback on `port`, flood control and limits off.
+fn config_text(port: u16) -> String {
+    format!(
+        "[Global]\nName = irc.bench\nInfo = sockchat bench peer\nListen = 127.0.0.1\n\
+         Ports = {port}\nMotdPhrase = bench\nAdminInfo1 = sockchat bench\n\
+         AdminInfo2 = loopback\nAdminEMail = bench@localhost\n\
+         [Limits]\nMaxConnections = 0\nMaxConnectionsIP = 0\nMaxJoins = 0\n\
+         MaxPenaltyTime = 0\nMaxListSize = 100000\nPingTimeout = 600\nPongTimeout = 60\n\
+         [Options]\nDNS = no\nIdent = no\nPAM = no\n\
+         [Channel]\nName = {CHANNEL}\nModes = +n\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::config_text;
+
+    #[test]
+    fn ngircd_config_turns_flood_control_and_limits_off() {
+        let text = config_text(6667);
+        for line in [
+            "Ports = 6667",
+            "Listen = 127.0.0.1",
+            "MaxPenaltyTime = 0",
+            "MaxConnectionsIP = 0",
+            "MaxJoins = 0",
+            "DNS = no",
+            "Name = #fanout",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+    }
 }

@@ -1,9 +1,10 @@
 //! `cargo xtask bench`: benchmarks on loopback, each figure beside a baseline
 //! measured in the same run, written as a markdown table.
 //!
-//! Builds the release binaries, runs the upload cases (against a raw TCP copy and
-//! the hashing tools) and the chat cases (against redis `PING` through the same
-//! load generator), and prints the table; a full run also writes it to
+//! Builds the release binaries, runs the upload cases (against a raw TCP copy, the
+//! hashing tools, and rsync, scp and curl-to-dufs as peers) and the chat cases
+//! (against redis `PING` and an ngircd channel through the same load generator),
+//! and prints the table; a full run also writes it to
 //! `docs/BENCHMARKS.md`, `--quick` to `target/bench/BENCHMARKS-quick.md` so CI
 //! leaves the work tree clean. Targets are judged and printed, never asserted; a
 //! harness failure (a server that does not start, a wrong digest) is an error.
@@ -187,13 +188,26 @@ a shared 2-core machine drift. Nothing here is asserted: a miss is printed.
   the same fsync (per file, then the directory) before the receiver acknowledges, no
   hashing. Runs alternate between baseline and product. Peak RSS: `VmHWM` of `up-srv`,
   `/usr/bin/time -f %M` of `up-cli`.
+- Peers (full run only): in every round, after `up-cli`, the same file(s) go to
+  an rsync daemon (`rsync --whole-file`, with and without `--fsync`, which fsyncs
+  each file but not the directory), to a private `sshd` on a free loopback port
+  with its own config and keys (`scp -c aes128-gcm@openssh.com`, no fsync), and to
+  `dufs --allow-upload` (`curl -T`, one PUT per file on one kept-alive connection,
+  no fsync). Figures are the client's wall time, process start to exit, after which
+  the stored sizes are checked; the ratio is up-cli ÷ peer (below 1: up-cli is
+  faster). A peer that cannot be installed is listed as skipped with the reason.
+- Hashing: `loadgen hash --impl X` hashes 256 MiB in memory with each
+  implementation in `proto::digest` (one thread); `openssl` with
+  `OPENSSL_ia32cap=:~0x20000000` runs the code path of a CPU without SHA extensions.
 - Chat: `loadgen` (one tokio thread) drives both `chat-srv --rate 0 --idle-timeout 0`
   and `redis-server` (inline `PING`, persistence off). Each chat client sits in a room
   of its own, so a message has exactly one reply; clients connect and join before the
   clock starts. Fan-out: one sender and a room of members; each message is timed from
-  its send until the last member has read it, one message at a time. Idle: server
-  `VmRSS` with all connections welcomed and the server idle, minus its `VmRSS` empty,
-  divided by the connections.
+  its send until the last member has read it, one message at a time. The same
+  generator runs the same case against ngircd (a channel of the same size, speaking
+  IRC; `MaxPenaltyTime = 0`, connection and join limits lifted, DNS and ident off),
+  alternating run by run with chat-srv. Idle: server `VmRSS` with all connections
+  welcomed and the server idle, minus its `VmRSS` empty, divided by the connections.
 ";
 
 /// Whether `binary` contains SHA-NI instructions (`sha256rnds2`), and the CPU flag.
@@ -216,11 +230,24 @@ fn sha_ni_in(binary: &Path) -> String {
         None => "objdump not available to check for SHA-NI code".to_owned(),
     };
     let cpu = if cpu {
-        "CPU has sha_ni"
+        "the CPU has SHA extensions (sha_ni)"
     } else {
-        "CPU lacks sha_ni (portable code runs)"
+        "the CPU has no SHA extensions (no sha_ni)"
     };
-    format!("{code}; {cpu}")
+    // The backend `proto::digest` picks here, as `loadgen` (built alike) reports it.
+    let picked = Command::new(binary.with_file_name("loadgen"))
+        .args(["hash", "--impl", "auto", "--mib", "1"])
+        .output()
+        .ok()
+        .and_then(|o| {
+            let line = String::from_utf8_lossy(&o.stdout).into_owned();
+            let name = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("impl="))?;
+            Some(format!("; `proto::digest` picks `{name}` on this CPU"))
+        })
+        .unwrap_or_default();
+    format!("{code}; {cpu}{picked}")
 }
 
 fn date() -> String {

@@ -68,6 +68,8 @@ pub struct Tables {
 struct Walls {
     raw: Vec<f64>,
     up: Vec<f64>,
+    /// `up-cli --hash blake3`, when up-cli has the flag (big file only).
+    blake3: Vec<f64>,
     /// One list per peer, in the order of [`peers::start_all`].
     peers: Vec<Vec<f64>>,
 }
@@ -114,6 +116,24 @@ pub fn run(bin: &Path, plan: &Plan, work: &Path) -> Result<Tables> {
         peers: vec![Vec::new(); ready.len()],
         ..Walls::default()
     };
+    // `up-cli --hash blake3` arrives with the upload work of issue 11; measured once
+    // `up-cli --help` offers it, against the file's BLAKE3 as `loadgen` computes it.
+    let big_blake3 = if up_cli_has_hash_flag(bin) {
+        let line = checked_output(
+            Command::new(bin.join("loadgen"))
+                .args(["hash", "--impl", "blake3", "--file"])
+                .arg(&big),
+            "loadgen hash --file",
+        )?;
+        Some(
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix("digest="))
+                .context("loadgen printed no digest")?
+                .to_owned(),
+        )
+    } else {
+        None
+    };
     let mib = plan.big_bytes as f64 / 1e6;
     let (mut raw_sync, mut raw_nosync, mut up_sync, mut up_nosync) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -133,6 +153,7 @@ pub fn run(bin: &Path, plan: &Plan, work: &Path) -> Result<Tables> {
                 std::slice::from_ref(&big),
                 std::slice::from_ref(&big_digest),
                 fsync,
+                &[],
             )?;
             let (raw_list, up_list) = if fsync {
                 (&mut raw_sync, &mut up_sync)
@@ -149,6 +170,17 @@ pub fn run(bin: &Path, plan: &Plan, work: &Path) -> Result<Tables> {
             if let Some(kib) = up.client_peak_kib {
                 cli_peak.push(kib as f64 / 1024.0);
             }
+        }
+        if let Some(b3) = &big_blake3 {
+            let up = upload(
+                bin,
+                &store,
+                std::slice::from_ref(&big),
+                std::slice::from_ref(b3),
+                true,
+                &["--hash", "blake3"],
+            )?;
+            big_walls.blake3.push(up.elapsed.as_secs_f64());
         }
         for (peer, walls) in ready.iter().zip(&mut big_walls.peers) {
             walls.push(peer.upload(std::slice::from_ref(&big))?.as_secs_f64());
@@ -199,7 +231,7 @@ pub fn run(bin: &Path, plan: &Plan, work: &Path) -> Result<Tables> {
             plan.runs
         );
         let raw = raw_copy(&small, &raw_dir, true)?;
-        let up = upload(bin, &store, &small, &small_digests, true)?;
+        let up = upload(bin, &store, &small, &small_digests, true, &[])?;
         raw_files.push(plan.small_count as f64 / raw.as_secs_f64());
         up_files.push(plan.small_count as f64 / up.elapsed.as_secs_f64());
         small_walls.raw.push(raw.as_secs_f64());
@@ -277,6 +309,9 @@ fn peer_table(
                     Row::new(format!("{case}: up-cli vs {}", peer.label), up(), target)
                         .against(peer.label, Figure::new(times.clone(), "s")),
                 );
+                if big && peer.label == peers::RSYNC_FSYNC {
+                    rows.push(blake3_row(case, walls, times));
+                }
             }
             Err(missing) => rows.push(Row::skipped(
                 format!("{case}: {}", missing.label),
@@ -296,7 +331,7 @@ const HASH_IMPLS: [(&str, &str); 4] = [
     ),
     (
         "ring",
-        "SHA-256, `ring` (what `proto::digest` picks without SHA extensions)",
+        "SHA-256, `ring` (picked without SHA extensions; uses them when present)",
     ),
     (
         "portable",
@@ -308,6 +343,31 @@ const HASH_IMPLS: [(&str, &str); 4] = [
 /// OpenSSL's capability mask that hides the SHA extensions (CPUID leaf 7 EBX bit 29),
 /// so `openssl` runs the code path of a CPU without them.
 const OPENSSL_NO_SHA_NI: &str = ":~0x20000000";
+
+/// `up-cli --hash blake3` (fsync) beside rsync `--fsync`, target 1.3x (issue 11).
+fn blake3_row(case: &str, walls: &Walls, rsync_fsync: &[f64]) -> Row {
+    let what = format!(
+        "{case}: up-cli --hash blake3 (fsync) vs {}",
+        peers::RSYNC_FSYNC
+    );
+    if walls.blake3.is_empty() {
+        return Row::skipped(what, "this up-cli has no --hash flag yet");
+    }
+    Row::new(
+        what,
+        Figure::new(walls.blake3.clone(), "s"),
+        Target::RatioAtMost(1.3),
+    )
+    .against(peers::RSYNC_FSYNC, Figure::new(rsync_fsync.to_vec(), "s"))
+}
+
+/// Whether `up-cli --help` offers `--hash`.
+fn up_cli_has_hash_flag(bin: &Path) -> bool {
+    Command::new(bin.join("up-cli"))
+        .arg("--help")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--hash"))
+}
 
 /// Times `sha256sum`, `openssl dgst -sha256` (with and without its SHA-extension
 /// path) and every implementation in `proto::digest`; returns the big file's
@@ -374,7 +434,8 @@ fn hash_ceilings(bin: &Path, plan: &Plan, big: &Path, rows: &mut Vec<Row>) -> Re
         Row::new(
             format!(
                 "hash ceiling: `openssl dgst -sha256`, SHA extensions masked \
-                 (`OPENSSL_ia32cap={OPENSSL_NO_SHA_NI}`), as on a CPU without them"
+                 (`OPENSSL_ia32cap={OPENSSL_NO_SHA_NI}`): the assembly a CPU without \
+                 them runs (ring's comes from the same CRYPTOGAMS code)"
             ),
             Figure::new(openssl_soft, "MB/s"),
             Target::None,
@@ -415,6 +476,7 @@ fn upload(
     files: &[PathBuf],
     digests: &[String],
     fsync: bool,
+    extra: &[&str],
 ) -> Result<Upload> {
     reset_dir(store)?;
     let addr = procfs::free_addr()?;
@@ -442,6 +504,7 @@ fn upload(
     };
     client
         .args(["--host", "127.0.0.1", "-p", &addr.port().to_string(), "-q"])
+        .args(extra)
         .args(files)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
