@@ -1,14 +1,15 @@
 //! One client connection, from welcome to goodbye.
 //!
-//! A single task runs one `select!` loop over: socket readable, the client's
+//! The stream is generic (plain TCP or TLS, see `transport::Stream`).
+//! A single task runs one `select!` loop over: a socket read, the client's
 //! bounded outgoing queue, the pause timer that completes an unterminated
 //! line ([`PARTIAL_LINE_PAUSE`]), the idle timer, the kick token (set by a
 //! sender that found this client's queue full) and server shutdown. Answers
 //! and queued lines are gathered into one output buffer and written with one
 //! `write_all`, so a burst costs one system call.
 //!
-//! Memory per idle connection is kept small on purpose: the read buffer is
-//! allocated on the first byte received and starts at [`READ_CHUNK`], the
+//! Memory per idle connection is kept small on purpose: the read buffer
+//! starts at [`READ_CHUNK`], the
 //! output buffer only when there is something to write, and both are
 //! released after a burst leaves them large.
 
@@ -17,9 +18,8 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use proto::chat::{ChatCodec, ClientLine, DecodedLine, ServerLine};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
@@ -141,16 +141,12 @@ impl Session {
     }
 }
 
-/// Serves one connection until it ends; never returns an error, since a
-/// failing client concerns nobody else. Holds `permit` for its lifetime.
-pub(crate) async fn serve(
-    stream: TcpStream,
-    peer: SocketAddr,
-    shared: Arc<Shared>,
-    permit: OwnedSemaphorePermit,
-) {
-    // Replies are written whole; Nagle's delay would only add latency.
-    let _ = stream.set_nodelay(true);
+/// Serves one connection (plain or TLS) until it ends; never returns an
+/// error, since a failing client concerns nobody else.
+pub(crate) async fn serve<S>(stream: S, peer: SocketAddr, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     info!(%peer, "connected");
     let (tx, rx) = mpsc::channel(shared.config.queue.max(1));
     // The kick token is a child of the server's shutdown token, so one wait
@@ -180,11 +176,10 @@ pub(crate) async fn serve(
         crate::commands::notify_leave(&remaining, &member.peer.nick);
     }
     info!(%peer, nick = %member.peer.nick, reason = end.as_str(), "disconnected");
-    drop(permit);
 }
 
-async fn run_loop(
-    mut stream: TcpStream,
+async fn run_loop<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
     mut rx: mpsc::Receiver<bytes::Bytes>,
     kick: CancellationToken,
     session: &mut Session,
@@ -237,17 +232,14 @@ async fn run_loop(
             }
         }
 
+        if rbuf.capacity() - rbuf.len() < READ_CHUNK / 2 {
+            rbuf.reserve(READ_CHUNK);
+        }
         tokio::select! {
             biased;
             () = &mut stop => break stop_reason(),
-            ready = stream.readable() => {
-                if ready.is_err() {
-                    break End::Io;
-                }
-                if rbuf.capacity() - rbuf.len() < READ_CHUNK / 2 {
-                    rbuf.reserve(READ_CHUNK);
-                }
-                match stream.try_read_buf(&mut rbuf) {
+            read = stream.read_buf(&mut rbuf) => {
+                match read {
                     Ok(0) => {
                         // End of stream: a last unterminated line still counts.
                         let mut quit = false;
@@ -357,7 +349,7 @@ fn decode_eof(
 
 /// Writes the final lines (if the stream is not mid-write) and closes the
 /// sending side, within [`GOODBYE_TIMEOUT`].
-async fn goodbye(mut stream: TcpStream, out: Option<BytesMut>, end: End) -> End {
+async fn goodbye<S: AsyncWrite + Unpin>(mut stream: S, out: Option<BytesMut>, end: End) -> End {
     let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
         if let Some(out) = out {
             stream.write_all(&out).await?;

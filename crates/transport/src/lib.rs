@@ -18,6 +18,8 @@
 //! - [`tls`]: server identities (PEM files or a self-signed certificate kept
 //!   in a state dir), the client [`Connector`] (system roots, a CA file or a
 //!   pinned fingerprint) and [`Fingerprint`].
+//! - [`flags`]: the TLS flags of the servers ([`ServerTls`], which opens
+//!   their ports) and of the clients ([`ClientTls`]).
 //! - [`signal`]: the SIGINT/SIGTERM shutdown future.
 //! - [`secret`]: token files and a constant-time token comparison.
 //! - [`init_tracing`]: the servers' log set-up.
@@ -30,6 +32,7 @@
 //! guard instead of spreading the panic to every connection.
 
 pub mod accept;
+pub mod flags;
 pub mod listen;
 pub mod secret;
 pub mod signal;
@@ -39,6 +42,7 @@ pub mod tls;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 pub use accept::{drain, serve, Gate, Port};
+pub use flags::{ClientTls, Hints, ServerTls, SetupError};
 pub use listen::{bind, BindError, LISTEN_BACKLOG};
 pub use stream::Stream;
 pub use tls::{Connector, Fingerprint, Identity, TlsError, Trust};

@@ -26,8 +26,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BytesMut};
 use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
 use sha2::{Digest as _, Sha256};
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -128,7 +127,7 @@ struct Worker {
 /// `pending` (bytes already read past the header), then from `stream`.
 /// Never reads past `expected`, so bytes after the body stay in the socket.
 pub async fn receive(
-    stream: &mut TcpStream,
+    stream: &mut (impl AsyncRead + Unpin),
     pending: &mut BytesMut,
     expected: u64,
     file: File,

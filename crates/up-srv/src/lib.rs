@@ -72,7 +72,9 @@ pub struct Config {
     pub min_rate: u64,
     /// Length of the `min_rate` window; [`MIN_RATE_WINDOW`] outside tests.
     pub min_rate_window: Duration,
-    /// Shared token every binary client must present; `None` = open server.
+    /// Shared token every binary client must present (from `--token`,
+    /// `--token-file` or `UP_TOKEN`); `None` = open server. Compared in
+    /// constant time.
     pub token: Option<String>,
     /// fsync data and directories; off only for benchmarks (a crash may lose
     /// or tear files that were reported stored).
@@ -119,4 +121,25 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     server::run(listener, config, shutdown).await
+}
+
+/// Like [`run`], on every port in `ports` (plain and TLS), with one
+/// connection cap across them.
+pub async fn serve(
+    ports: Vec<transport::Port>,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    server::serve(ports, config, shutdown).await
+}
+
+/// Where `up-srv` keeps its self-signed TLS certificate without
+/// `--state-dir`: a `.tls` folder beside the upload dir (not inside it, so
+/// the key is never served or listed with the uploads).
+pub fn default_state_dir(upload_dir: &std::path::Path) -> PathBuf {
+    let parent = upload_dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| std::path::Path::new("."));
+    parent.join(".tls")
 }

@@ -26,8 +26,7 @@ use proto::upload::{
     MAGIC, VERSION,
 };
 use sha2::{Digest as _, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::Decoder;
 use tracing::{debug, info, warn};
 
@@ -72,8 +71,8 @@ enum Stop {
     Failed(String),
 }
 
-struct Conn<'a> {
-    stream: TcpStream,
+struct Conn<'a, S> {
+    stream: S,
     peer: SocketAddr,
     buf: BytesMut,
     shared: &'a Shared,
@@ -82,9 +81,12 @@ struct Conn<'a> {
     frame_deadline: Option<tokio::time::Instant>,
 }
 
-/// Serves one connection to its end; never returns an error to the accept loop.
-pub async fn run(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
-    let _ = stream.set_nodelay(true);
+/// Serves one connection (plain or TLS) to its end; never returns an error
+/// to the accept loop.
+pub async fn run<S>(stream: S, peer: SocketAddr, shared: &Shared)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
     let mut conn = Conn {
         stream,
         peer,
@@ -116,7 +118,7 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
     }
 }
 
-impl Conn<'_> {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
     /// Starts the header deadline if a control frame has begun arriving.
     fn mark_frame_start(&mut self) {
         if self.frame_deadline.is_none() && !self.buf.is_empty() {
@@ -726,12 +728,7 @@ fn shown(name: &str) -> String {
 
 /// Compares tokens without stopping at the first differing byte.
 fn token_matches(expected: &str, got: &str) -> bool {
-    let (a, b) = (expected.as_bytes(), got.as_bytes());
-    let mut diff = a.len() ^ b.len();
-    for (i, x) in a.iter().enumerate() {
-        diff |= usize::from(x ^ b.get(i).copied().unwrap_or(0));
-    }
-    diff == 0
+    transport::secret::tokens_match(expected, got)
 }
 
 fn message_name(msg: &ClientMessage) -> &'static str {
