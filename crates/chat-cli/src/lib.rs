@@ -19,10 +19,11 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use proto::chat::{ChatCodec, ClientLine, ERROR_PREFIX, OK_PREFIX, REPLY_SUFFIX, WELCOME};
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
+use transport::Stream;
 
 /// Port chat-cli connects to unless told otherwise (chat-srv's default).
 pub const DEFAULT_PORT: u16 = 8888;
@@ -46,6 +47,8 @@ pub struct Options {
     pub port: u16,
     /// Send this one message, print its answer and exit.
     pub message: Option<String>,
+    /// Connect with TLS, verified by this connector; `None` = plain TCP.
+    pub tls: Option<transport::Connector>,
 }
 
 /// Why the client stopped with a failure.
@@ -61,6 +64,9 @@ pub enum ClientError {
         /// What to try.
         hint: &'static str,
     },
+    /// The TLS handshake or the server's verification failed; nothing was sent.
+    #[error(transparent)]
+    Tls(#[from] transport::TlsError),
     /// The server refused the session (for example because it is full).
     #[error("server refused the connection: {0}")]
     Refused(String),
@@ -101,16 +107,28 @@ fn io(context: &'static str) -> impl FnOnce(std::io::Error) -> ClientError {
     move |source| ClientError::Io { context, source }
 }
 
-type Lines = FramedRead<OwnedReadHalf, ChatCodec>;
+type Lines = FramedRead<ReadHalf<Stream>, ChatCodec>;
+
+/// The sending half of the connection, plain or TLS.
+type Writer = WriteHalf<Stream>;
 
 /// Connects, reads the welcome and runs the mode `opts` and stdin select.
 pub async fn run(opts: Options) -> Result<(), ClientError> {
     let addr = format!("{}:{}", opts.host, opts.port);
-    let stream = TcpStream::connect((opts.host.as_str(), opts.port))
+    let tcp = TcpStream::connect((opts.host.as_str(), opts.port))
         .await
         .map_err(|e| connect_error(&addr, &e))?;
-    let _ = stream.set_nodelay(true);
-    let (r, mut w) = stream.into_split();
+    let _ = tcp.set_nodelay(true);
+    // Nothing is written before the server is verified: `connect` returns
+    // only after the handshake and the certificate check.
+    let stream = match &opts.tls {
+        Some(connector) => connector.connect(tcp, &opts.host, opts.port).await?,
+        None => {
+            let peer = tcp.peer_addr().map_err(|e| connect_error(&addr, &e))?;
+            Stream::plain(tcp, peer)
+        }
+    };
+    let (r, mut w) = tokio::io::split(stream);
     let mut lines = FramedRead::new(r, ChatCodec::new(MAX_SERVER_LINE));
 
     let welcome = match tokio::time::timeout(WELCOME_TIMEOUT, next_line(&mut lines)).await {
@@ -218,7 +236,7 @@ fn is_answer(expect: &Expect, line: &str) -> bool {
     }
 }
 
-async fn send(w: &mut OwnedWriteHalf, line: &str) -> Result<(), ClientError> {
+async fn send(w: &mut Writer, line: &str) -> Result<(), ClientError> {
     let mut bytes = Vec::with_capacity(line.len() + 1);
     bytes.extend_from_slice(line.as_bytes());
     bytes.push(b'\n');
@@ -234,11 +252,7 @@ fn print(line: &str) -> Result<(), ClientError> {
         .map_err(io("writing to stdout"))
 }
 
-async fn one_message(
-    message: &str,
-    lines: &mut Lines,
-    w: &mut OwnedWriteHalf,
-) -> Result<(), ClientError> {
+async fn one_message(message: &str, lines: &mut Lines, w: &mut Writer) -> Result<(), ClientError> {
     let message = message.trim_end_matches(['\r', '\n']);
     let expect = expect_for(message);
     send(w, message).await?;
@@ -293,11 +307,7 @@ fn spawn_stdin_reader() -> Stdin {
     rx
 }
 
-async fn script(
-    mut lines: Lines,
-    mut w: OwnedWriteHalf,
-    mut stdin: Stdin,
-) -> Result<(), ClientError> {
+async fn script(mut lines: Lines, mut w: Writer, mut stdin: Stdin) -> Result<(), ClientError> {
     loop {
         // While waiting for input, still print what the room sends and
         // notice a server that goes away.
@@ -343,11 +353,7 @@ async fn drain_until_close(lines: &mut Lines) -> Result<(), ClientError> {
     Ok(())
 }
 
-async fn interactive(
-    mut lines: Lines,
-    mut w: OwnedWriteHalf,
-    mut stdin: Stdin,
-) -> Result<(), ClientError> {
+async fn interactive(mut lines: Lines, mut w: Writer, mut stdin: Stdin) -> Result<(), ClientError> {
     let fancy = std::io::stdout().is_terminal();
     let show = |line: &str| -> Result<(), ClientError> {
         let mut out = std::io::stdout().lock();

@@ -17,7 +17,9 @@ use clap::Parser;
     chat-cli                              chat interactively (type q to leave)\n  \
     chat-cli -m hello                     send one message, print the reply\n  \
     printf 'hi\\n/who\\nq\\n' | chat-cli     run a script: each line waits for its answer\n  \
-    chat-cli --host ::1 -p 9000           another server\n\n\
+    chat-cli --host ::1 -p 9000           another server\n  \
+    chat-cli -p 8889 --tls-pin AB:CD:...  TLS, accepting only the certificate chat-srv logged\n  \
+    chat-cli --host chat.example --tls    TLS, verified by the system's root certificates\n\n\
     Exit codes: 0 success, 1 failure (cannot connect, server went away, message refused), 2 usage error."
 )]
 struct Args {
@@ -30,14 +32,24 @@ struct Args {
     /// Send this one message (or command), print its answer and exit.
     #[arg(short, long, value_name = "TEXT")]
     message: Option<String>,
+    #[command(flatten)]
+    tls: transport::ClientTls,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let tls = match args.tls.connector() {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let opts = chat_cli::Options {
         host: args.host,
         port: args.port,
         message: args.message,
+        tls,
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

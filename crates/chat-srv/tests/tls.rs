@@ -88,24 +88,12 @@ async fn chat_exchange(stream: Stream) {
     assert_eq!(line(&mut stream).await.unwrap(), "hello,你好");
 }
 
-/// A CA (with its own subject) and a leaf for 127.0.0.1 signed by it.
+/// A CA and a leaf for 127.0.0.1 signed by it, in `dir`.
 fn ca_and_leaf(dir: &Path) -> Identity {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "chat test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+    transport::testing::TestPki::new(dir)
         .unwrap()
-        .signed_by(&leaf_key, &ca, &ca_key)
-        .unwrap();
-    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(dir.join("leaf.pem"), leaf.pem()).unwrap();
-    std::fs::write(dir.join("leaf.key"), leaf_key.serialize_pem()).unwrap();
-    Identity::from_pem_files(&dir.join("leaf.pem"), &dir.join("leaf.key")).unwrap()
+        .identity()
+        .unwrap()
 }
 
 #[tokio::test]

@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -50,8 +50,11 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// them excess connections are closed without one.
 pub const MAX_TLS_REFUSALS: usize = 64;
 
-/// Longest a refusal or hint write may take.
+/// Longest a refusal or hint (write, then reading the client's leftovers) may take.
 const HINT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Most bytes read and dropped from a plain client on a TLS port after its hint.
+const MAX_HINT_DRAIN: usize = 64 * 1024;
 
 /// One listening socket and what it speaks.
 pub struct Port {
@@ -261,7 +264,19 @@ async fn handshake(
             info!(%peer, "a plain client dialled the TLS port; sent the hint and closed");
             let _ = tokio::time::timeout(HINT_TIMEOUT, async {
                 tcp.write_all(hint).await?;
-                tcp.shutdown().await
+                tcp.shutdown().await?;
+                // Read what the client still sends until it closes: closing
+                // with unread input would reset the connection, and the
+                // client would see "broken pipe" instead of the hint.
+                let mut sink = [0u8; 4096];
+                let mut left = MAX_HINT_DRAIN;
+                while left > 0 {
+                    match tcp.read(&mut sink).await? {
+                        0 => break,
+                        n => left = left.saturating_sub(n),
+                    }
+                }
+                std::io::Result::Ok(())
             })
             .await;
             return None;

@@ -23,6 +23,7 @@
 //! - [`signal`]: the SIGINT/SIGTERM shutdown future.
 //! - [`secret`]: token files and a constant-time token comparison.
 //! - [`init_tracing`]: the servers' log set-up.
+//! - [`testing`]: a CA and a leaf certificate for the tests of every crate.
 //!
 //! # Lock poisoning
 //! The servers guard plain maps and sets with `std::sync::Mutex` in short
@@ -37,6 +38,7 @@ pub mod listen;
 pub mod secret;
 pub mod signal;
 pub mod stream;
+pub mod testing;
 pub mod tls;
 
 use std::sync::{Mutex, MutexGuard, PoisonError};

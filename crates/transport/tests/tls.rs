@@ -22,37 +22,26 @@ const LIMIT: Duration = Duration::from_secs(10);
 
 /// A CA and a leaf for 127.0.0.1 signed by it, as PEM files in a temp dir.
 struct Pki {
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
+    files: transport::testing::TestPki,
 }
 
 impl Pki {
     fn new() -> Pki {
         let dir = tempfile::tempdir().unwrap();
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        // rcgen's default subject is shared by every certificate it makes.
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "transport test CA");
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let leaf_key = rcgen::KeyPair::generate().unwrap();
-        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
-            .unwrap()
-            .signed_by(&leaf_key, &ca, &ca_key)
-            .unwrap();
-        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
-        std::fs::write(dir.path().join("leaf.pem"), leaf.pem()).unwrap();
-        std::fs::write(dir.path().join("leaf.key"), leaf_key.serialize_pem()).unwrap();
-        Pki { dir }
+        let files = transport::testing::TestPki::new(dir.path()).unwrap();
+        Pki { _dir: dir, files }
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        match name {
+            "ca.pem" => self.files.ca.clone(),
+            other => panic!("no test file {other}"),
+        }
     }
 
     fn identity(&self) -> Identity {
-        Identity::from_pem_files(&self.path("leaf.pem"), &self.path("leaf.key")).unwrap()
+        self.files.identity().unwrap()
     }
 }
 

@@ -15,6 +15,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
+use transport::Stream;
 
 use crate::reader::{self, BodyReader};
 use crate::throttle::Throttle;
@@ -25,13 +26,15 @@ const REASON_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One open connection after a successful hello.
 pub struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     buf: BytesMut,
     addr: String,
 }
 
-/// Connects to `host:port`, mapping failures to a line that names the address.
-pub async fn connect(opts: &Options) -> Result<TcpStream, ClientError> {
+/// Connects to `host:port` (with TLS when `opts.tls` is set, verifying the
+/// server before anything is sent), mapping failures to a line that names
+/// the address.
+pub async fn connect(opts: &Options) -> Result<Stream, ClientError> {
     let addr = format!("{}:{}", opts.host, opts.port);
     let stream = tokio::time::timeout(REPLY_TIMEOUT, TcpStream::connect(&addr))
         .await
@@ -44,7 +47,15 @@ pub async fn connect(opts: &Options) -> Result<TcpStream, ClientError> {
             source,
         })?;
     let _ = stream.set_nodelay(true);
-    Ok(stream)
+    match &opts.tls {
+        Some(connector) => Ok(connector.connect(stream, &opts.host, opts.port).await?),
+        None => {
+            let peer = stream
+                .peer_addr()
+                .map_err(|source| ClientError::Connect { addr, source })?;
+            Ok(Stream::plain(stream, peer))
+        }
+    }
 }
 
 impl Connection {
@@ -348,7 +359,7 @@ pub enum SendError {
 /// Streams a body from `reader` to `stream`, pacing with `throttle`.
 /// Returns the whole file's digest and the body bytes sent.
 pub async fn send_body(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     mut body: BodyReader,
     throttle: &mut Throttle,
     abort_after: Option<u64>,

@@ -40,6 +40,8 @@ pub struct Options {
     pub limit_rate: Option<u64>,
     /// Testing aid: drop the connection after this many body bytes.
     pub abort_after: Option<u64>,
+    /// Connect with TLS, verified by this connector; `None` = plain TCP.
+    pub tls: Option<transport::Connector>,
 }
 
 /// What happened to one file.
@@ -84,6 +86,9 @@ pub enum ClientError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The TLS handshake or the server's verification failed; nothing was sent.
+    #[error(transparent)]
+    Tls(#[from] transport::TlsError),
     /// The connection failed mid-exchange.
     #[error("connection to {addr} failed: {reason}")]
     Connection {

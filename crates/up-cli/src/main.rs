@@ -27,6 +27,8 @@ use up_cli::{Options, Reporter};
     up-cli --host ::1 -p 9000 big.iso      another server (IPv6 loopback)\n  \
     up-cli --limit-rate 1M big.iso         throttle to 1 MiB/s; rerun to resume if cut\n  \
     up-cli --legacy photo.jpg              the original tutorial's protocol\n  \
+    up-cli -p 9999 --tls-pin AB:CD:... a.jpg   TLS, accepting only the certificate up-srv logged\n  \
+    up-cli --token-file ~/.up-token a.jpg  token from a file, not the process list\n  \
     cd uploads && up-cli ../a.jpg | sha256sum -c   check the stored copy (same host)\n\n\
     Exit codes: 0 every file stored and verified, 1 any failure, 2 usage error."
 )]
@@ -47,8 +49,16 @@ struct Args {
     #[arg(short, long)]
     quiet: bool,
     /// Shared token required by the server
-    #[arg(long, env = "UP_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "UP_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
     token: Option<String>,
+    /// Read the token from the first line of this file, so it stays out of the process list
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
     /// Use the original protocol (size as text, wait for a reply, bytes, close); one file,
     /// no name, no verification, nothing on stdout
     #[arg(long)]
@@ -60,6 +70,8 @@ struct Args {
     /// Testing aid: send this many body bytes, then drop the connection and exit 1
     #[arg(long, hide = true, value_name = "BYTES")]
     abort_after: Option<u64>,
+    #[command(flatten)]
+    tls: transport::ClientTls,
 }
 
 fn parse_rate(s: &str) -> Result<u64, String> {
@@ -114,10 +126,28 @@ async fn run(args: Args) -> bool {
     for e in &errors {
         console.error(e);
     }
+    let token = match &args.token_file {
+        Some(path) => match transport::secret::read_token_file(path) {
+            Ok(token) => Some(token),
+            Err(e) => {
+                console.error(&e.to_string());
+                return false;
+            }
+        },
+        None => args.token.filter(|t| !t.is_empty()),
+    };
+    let tls = match args.tls.connector() {
+        Ok(tls) => tls,
+        Err(e) => {
+            console.error(&e.to_string());
+            return false;
+        }
+    };
     let opts = Options {
         host: args.host,
         port: args.port,
-        token: args.token.filter(|t| !t.is_empty()),
+        tls,
+        token,
         limit_rate: args.limit_rate,
         abort_after: args.abort_after,
     };
