@@ -12,7 +12,9 @@
 //!   files in one call and a `-r` directory), each stored file hashed against its
 //!   source; an upload cut with `--abort-after` and resumed; the original client's
 //!   legacy form (size text, `1001`, bytes);
-//! - shutdown: each server exits 0 within 2 s of SIGTERM.
+//! - shutdown: each server exits 0 within 2 s of SIGTERM;
+//! - tls: a chat exchange and an image upload over TLS with pinned
+//!   certificates, a wrong pin, `openssl s_client` (see `tls.rs`).
 //!
 //! Files live under `target/e2e/`: `uploads/` (fresh each run), `files/`, `images/` and
 //! the server logs `chat-srv.log` / `up-srv.log`, which failures point to.
@@ -24,6 +26,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+
+mod tls;
 
 use crate::clients::{self, ChatClient, REPLY_SUFFIX, WELCOME};
 use crate::images::{self, ImageSpec};
@@ -106,6 +110,14 @@ pub fn run(args: E2eArgs) -> Result<()> {
     report.check("upload: original client (legacy)", || ctx.upload_legacy());
     report.check("chat-srv: SIGTERM, exit 0 in 2 s", || stop(chat));
     report.check("up-srv: SIGTERM, exit 0 in 2 s", || stop(up));
+    let image = ctx
+        .fixtures
+        .many
+        .iter()
+        .find(|s| s.file_name() == "photo.jpg");
+    if let Some(image) = image {
+        tls::checks(&mut report, &ctx.bins, &work, image);
+    }
     report.print();
 
     let failed = report.failed();
