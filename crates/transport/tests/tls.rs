@@ -315,3 +315,18 @@ fn bad_ca_file_is_named() {
         "{err}"
     );
 }
+
+/// What `openssl x509 -noout -fingerprint -sha256 -in tests/data/rsa-cert.pem` printed.
+const RSA_CERT_OPENSSL_FINGERPRINT: &str = "sha256 Fingerprint=B0:96:17:D4:B5:5F:2A:8B:48:A4:F2:DA:EB:39:DE:B6:9C:F8:DD:73:95:AC:61:CD:E7:9E:8B:5A:18:69:DD:4A";
+
+#[tokio::test]
+async fn rsa_pkcs8_key_made_by_openssl_serves_tls_under_openssls_fingerprint() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let identity =
+        Identity::from_pem_files(&data.join("rsa-cert.pem"), &data.join("rsa-key.pem")).unwrap();
+    let openssl: Fingerprint = RSA_CERT_OPENSSL_FINGERPRINT.parse().unwrap();
+    assert_eq!(identity.fingerprint(), openssl);
+    let server = start(&identity, 8).await;
+    let mut stream = tls_connect(server.tls, &Trust::Pin(openssl)).await.unwrap();
+    exchange(&mut stream).await;
+}
