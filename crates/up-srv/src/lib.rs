@@ -62,6 +62,9 @@ pub struct Config {
     pub max_size: u64,
     /// Concurrent uploads; more are refused with a code, never queued silently.
     pub max_uploads: usize,
+    /// Connections held at once (plain and TLS together); more are sent a
+    /// refusal frame and closed, so idle sockets cannot exhaust descriptors.
+    pub max_connections: usize,
     /// A connection that sends nothing for this long is closed (partials kept).
     pub idle_timeout: Duration,
     /// Deadline for one control frame, from its first byte to its last; the
@@ -91,6 +94,7 @@ impl Config {
             overwrite: false,
             max_size: DEFAULT_MAX_SIZE,
             max_uploads: DEFAULT_MAX_UPLOADS,
+            max_connections: server::MAX_CONNECTIONS,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             min_rate: DEFAULT_MIN_RATE,

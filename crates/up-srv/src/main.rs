@@ -50,6 +50,9 @@ struct Args {
     /// Concurrent uploads; more are refused with a "too many uploads" code
     #[arg(long, default_value_t = up_srv::DEFAULT_MAX_UPLOADS as u32, value_parser = clap::value_parser!(u32).range(1..))]
     max_uploads: u32,
+    /// Connections held at once (plain and TLS together); more get a "server full" refusal
+    #[arg(long, value_name = "N", default_value_t = up_srv::server::MAX_CONNECTIONS as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
     /// Close connections that send nothing for this many seconds (partials are kept)
     #[arg(long, default_value_t = up_srv::DEFAULT_IDLE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     idle_timeout: u64,
@@ -109,6 +112,7 @@ fn serve(args: Args) -> anyhow::Result<()> {
         overwrite: args.overwrite,
         max_size: args.max_size,
         max_uploads: args.max_uploads as usize,
+        max_connections: args.max_connections as usize,
         idle_timeout: Duration::from_secs(args.idle_timeout),
         header_timeout: Duration::from_secs(args.header_timeout),
         min_rate: args.min_rate,

@@ -2,7 +2,7 @@
 //!
 //! The accept loop is the shared one of the `transport` crate: plain and TLS
 //! ports, one task per connection tracked by a `TaskTracker`, accept errors
-//! backed off (never fatal), and [`MAX_CONNECTIONS`] with a refusal frame
+//! backed off (never fatal), and `--max-connections` with a refusal frame
 //! for the excess. A `CancellationToken` tells sessions to stop at their
 //! next read point, which leaves in-flight uploads as resumable partials.
 //! Concurrent uploads are capped by a semaphore that sessions try (never
@@ -25,8 +25,9 @@ use tracing::{info, warn};
 use crate::storage::Storage;
 use crate::{session, Config, ServerError};
 
-/// Connections held at once; beyond this, new connections are sent a
-/// refusal and closed, so idle sockets cannot exhaust file descriptors.
+/// Default `--max-connections`: connections held at once; beyond this, new
+/// connections are sent a refusal and closed, so idle sockets cannot
+/// exhaust file descriptors.
 pub const MAX_CONNECTIONS: usize = 1024;
 
 /// How long shutdown waits for sessions to stop before returning anyway.
@@ -181,11 +182,12 @@ pub(crate) async fn serve(
         cancel: CancellationToken::new(),
         released: Notify::new(),
     });
+    let max = shared.config.max_connections;
     let gate = transport::Gate::new(
-        MAX_CONNECTIONS,
+        max,
         refusal(
             RefusalCode::TooManyUploads,
-            &format!("server full ({MAX_CONNECTIONS} connections), try again later"),
+            &format!("server full ({max} connections), try again later"),
         ),
     );
     let tracker = TaskTracker::new();

@@ -1,6 +1,7 @@
-//! up-srv's TLS port and token file (issue 12): the kept self-signed
-//! certificate in `.tls/` beside the uploads, the refusal a plain client
-//! reads on the TLS port, and `--token-file`. Uploads over TLS through the
+//! up-srv's TLS port, connection cap and token file (issues 12 and 14): the
+//! kept self-signed certificate in `.tls/` beside the uploads, the refusal a
+//! plain client reads on the TLS port or beyond `--max-connections`, and
+//! `--token-file`. Uploads over TLS through the
 //! real client are tested in up-cli's `tests/tls.rs`.
 
 use std::io::{BufRead as _, BufReader};
@@ -64,6 +65,63 @@ fn self_signed_certificate_is_kept_in_dot_tls_beside_the_uploads_and_reused() {
     assert_eq!(pin(&line), pin(&again));
 }
 
+/// Reads one server message from `tcp`, bounded.
+async fn reply(tcp: &mut tokio::net::TcpStream) -> ServerMessage {
+    let mut buf = BytesMut::new();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(msg) = ClientCodec.decode(&mut buf).unwrap() {
+                return msg;
+            }
+            assert!(tcp.read_buf(&mut buf).await.unwrap() > 0, "closed early");
+        }
+    })
+    .await
+    .expect("reply in time")
+}
+
+#[tokio::test]
+async fn connection_beyond_max_connections_reads_a_server_full_refusal() {
+    let root = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut config = up_srv::Config::new(root.path().join("uploads"));
+    config.max_connections = 1;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(up_srv::run(listener, config, async move {
+        let _ = stopped.await;
+    }));
+    // The first connection holds the only slot once its hello is answered.
+    let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
+    first.write_all(&MAGIC).await.unwrap();
+    let mut hello = BytesMut::new();
+    proto::upload::ClientMessage::Hello {
+        version: proto::upload::VERSION,
+        token: String::new(),
+    }
+    .encode_into(&mut hello)
+    .unwrap();
+    first.write_all(&hello).await.unwrap();
+    assert!(matches!(
+        reply(&mut first).await,
+        ServerMessage::Welcome { .. }
+    ));
+
+    let mut second = tokio::net::TcpStream::connect(addr).await.unwrap();
+    match reply(&mut second).await {
+        ServerMessage::Refuse { code, reason } => {
+            assert_eq!(code, RefusalCode::TooManyUploads);
+            assert!(
+                reason.starts_with("server full (1 connections)"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}
+
 #[tokio::test]
 async fn plain_client_on_tls_port_reads_a_refusal_naming_tls() {
     let root = tempfile::tempdir().unwrap();
@@ -83,17 +141,7 @@ async fn plain_client_on_tls_port_reads_a_refusal_naming_tls() {
 
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     tcp.write_all(&MAGIC).await.unwrap();
-    let mut buf = BytesMut::new();
-    let reply = tokio::time::timeout(WAIT, async {
-        loop {
-            if let Some(msg) = ClientCodec.decode(&mut buf).unwrap() {
-                return msg;
-            }
-            assert!(tcp.read_buf(&mut buf).await.unwrap() > 0, "closed early");
-        }
-    })
-    .await
-    .expect("reply in time");
+    let reply = reply(&mut tcp).await;
     match reply {
         ServerMessage::Refuse { code, reason } => {
             assert_eq!(code, RefusalCode::BadMessage);
