@@ -240,7 +240,9 @@ async fn send(w: &mut Writer, line: &str) -> Result<(), ClientError> {
     let mut bytes = Vec::with_capacity(line.len() + 1);
     bytes.extend_from_slice(line.as_bytes());
     bytes.push(b'\n');
-    w.write_all(&bytes).await.map_err(|_| ClientError::Closed)
+    // Flushed: a TLS stream may hold the end of a line until then.
+    w.write_all(&bytes).await.map_err(|_| ClientError::Closed)?;
+    w.flush().await.map_err(|_| ClientError::Closed)
 }
 
 /// Prints one line to stdout (errors include a closed pipe, which the binary

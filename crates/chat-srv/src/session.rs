@@ -221,7 +221,11 @@ async fn run_loop<S: AsyncRead + AsyncWrite + Unpin>(
             let written = tokio::select! {
                 biased;
                 () = &mut stop => return goodbye(stream, None, stop_reason()).await,
-                res = stream.write_all(&out) => res,
+                // Flushed: a TLS stream may hold the end of a write until then.
+                res = async {
+                    stream.write_all(&out).await?;
+                    stream.flush().await
+                } => res,
             };
             if written.is_err() {
                 break End::Io;

@@ -25,6 +25,10 @@ struct Server {
 }
 
 async fn start(identity: &Identity) -> Server {
+    start_with(identity, chat_srv::Config::default()).await
+}
+
+async fn start_with(identity: &Identity, config: chat_srv::Config) -> Server {
     let any = "127.0.0.1:0".parse().unwrap();
     let plain = transport::bind(any, "chat-srv", "--port").unwrap();
     let tls = transport::bind(any, "chat-srv", "--tls-port").unwrap();
@@ -39,13 +43,9 @@ async fn start(identity: &Identity) -> Server {
         ),
     ];
     let (stop, stopped) = oneshot::channel::<()>();
-    let handle = tokio::spawn(chat_srv::serve(
-        ports,
-        chat_srv::Config::default(),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let handle = tokio::spawn(chat_srv::serve(ports, config, async move {
+        let _ = stopped.await;
+    }));
     Server {
         plain: plain_addr,
         tls: tls_addr,
@@ -120,6 +120,43 @@ async fn chat_over_tls_with_pin_and_shutdown_notice_arrives_encrypted() {
     server.shut_down().await;
     let goodbye = line(&mut stream).await.unwrap();
     assert!(goodbye.contains("shutting down"), "{goodbye}");
+}
+
+#[tokio::test]
+async fn three_thousand_replies_over_tls_arrive_complete_and_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let identity = Identity::self_signed(dir.path()).unwrap();
+    let config = chat_srv::Config {
+        rate: 0,
+        queue: 100_000,
+        ..chat_srv::Config::default()
+    };
+    let server = start_with(&identity, config).await;
+    let stream = connect(server.tls, &Trust::Pin(identity.fingerprint()))
+        .await
+        .unwrap();
+    let (r, mut w) = tokio::io::split(stream);
+    let mut r = tokio::io::BufReader::new(r);
+    assert_eq!(line(&mut r).await.unwrap(), proto::chat::WELCOME);
+    // Sent from another task while this one reads, so both directions are
+    // busy at once; every reply must arrive, whole and in order.
+    const N: usize = 3000;
+    let padding = "x".repeat(200);
+    let writer = tokio::spawn(async move {
+        for i in 0..N {
+            w.write_all(format!("{i} {padding}\n").as_bytes())
+                .await
+                .unwrap();
+        }
+        w.flush().await.unwrap();
+        w
+    });
+    for i in 0..N {
+        let got = line(&mut r).await.expect("a reply");
+        assert!(got.starts_with(&format!("{i} ")), "reply {i}: {got}");
+    }
+    drop(writer.await.unwrap());
+    server.shut_down().await;
 }
 
 #[tokio::test]

@@ -90,7 +90,12 @@ impl Connection {
     }
 
     async fn write(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
-        match tokio::time::timeout(REPLY_TIMEOUT, self.stream.write_all(bytes)).await {
+        // Flushed: a TLS stream may hold the end of a message until then.
+        let write = async {
+            self.stream.write_all(bytes).await?;
+            self.stream.flush().await
+        };
+        match tokio::time::timeout(REPLY_TIMEOUT, write).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(self.broken(e.to_string())),
             Err(_) => Err(self.broken("timed out writing")),

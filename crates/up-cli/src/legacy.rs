@@ -35,6 +35,7 @@ pub async fn upload(
         .write_all(job.size.to_string().as_bytes())
         .await
         .map_err(|e| broken(e.to_string()))?;
+    stream.flush().await.map_err(|e| broken(e.to_string()))?;
     // The original server answers with anything once it has the size.
     let mut reply = [0u8; 64];
     match tokio::time::timeout(REPLY_TIMEOUT, stream.read(&mut reply)).await {

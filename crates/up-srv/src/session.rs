@@ -167,12 +167,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
     }
 
     async fn write(&mut self, bytes: &[u8]) -> Result<(), Stop> {
-        match tokio::time::timeout(
-            self.shared.config.idle_timeout,
-            self.stream.write_all(bytes),
-        )
-        .await
-        {
+        // Flushed: a TLS stream may hold the end of a message until then.
+        let write = async {
+            self.stream.write_all(bytes).await?;
+            self.stream.flush().await
+        };
+        match tokio::time::timeout(self.shared.config.idle_timeout, write).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Stop::Failed(format!("write failed: {e}"))),
             Err(_) => Err(Stop::Idle),
@@ -195,7 +195,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
             .encode_into(&mut out)
             .is_ok()
         {
-            let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, self.stream.write_all(&out)).await;
+            let write = async {
+                self.stream.write_all(&out).await?;
+                self.stream.flush().await
+            };
+            let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, write).await;
         }
     }
 
