@@ -114,7 +114,7 @@ pub fn run(args: E2eArgs) -> Result<()> {
         .fixtures
         .many
         .iter()
-        .find(|s| s.file_name() == "photo.jpg");
+        .find(|s| s.file_name() == "panorama.jpg");
     if let Some(image) = image {
         tls::checks(&mut report, &ctx.bins, &work, image);
     }

@@ -144,7 +144,9 @@ fn chat_exchange(bins: &Bins, servers: &TlsServers) -> Result<String> {
 fn upload_image(bins: &Bins, servers: &TlsServers, image: &Source) -> Result<String> {
     let mut cmd = bins.up_cli(servers.up_addr);
     cmd.args(["--tls-pin", &servers.up_pin]).arg(&image.path);
+    let started = std::time::Instant::now();
     let out = service::output_with_timeout(cmd, b"", UPLOAD_TIMEOUT)?;
+    let took = started.elapsed();
     let stdout = String::from_utf8_lossy(&out.stdout);
     ensure!(
         out.status.success(),
@@ -170,8 +172,9 @@ fn upload_image(bins: &Bins, servers: &TlsServers, image: &Source) -> Result<Str
         image.digest
     );
     Ok(format!(
-        "{} ({} bytes) stored over TLS, SHA-256 match",
-        line.name, image.len
+        "{} ({}) stored over TLS in {took:.2?}, SHA-256 match",
+        line.name,
+        super::mib(image.len)
     ))
 }
 
