@@ -168,13 +168,15 @@ fn chat_reference(max_len: usize, reads: &[Read<'_>]) -> Vec<DecodedLine> {
 fn check_line_meaning(line: &str) {
     match ClientLine::parse(line) {
         Ok(ClientLine::Nick(nick)) => {
-            if chat::validate_nick(nick).is_ok() {
-                assert!(nick.len() <= chat::MAX_NICK_LEN && nick.is_ascii());
+            if let Ok(nfc) = chat::validate_nick(nick) {
+                assert!(nfc.chars().count() <= chat::MAX_NAME_CHARS);
+                assert!(chat::check_text(&nfc).is_ok());
             }
         }
         Ok(ClientLine::Join(room)) => {
             if let Ok(folded) = chat::validate_room(room) {
-                assert!(folded.len() <= chat::MAX_ROOM_LEN && folded.is_ascii());
+                assert!(chat::check_text(&folded).is_ok());
+                assert_eq!(chat::name_key(&folded), folded);
             }
         }
         Ok(ClientLine::Message(text)) => {
@@ -257,7 +259,12 @@ fn reencode_client(msg: &ClientMessage) -> (Option<BytesMut>, BodyHint) {
         ClientMessage::Hello { token, .. } => (token.len() <= MAX_TOKEN_LEN, BodyHint::None),
         ClientMessage::Offer { name, size } => (name.len() <= MAX_NAME_LEN, BodyHint::Size(*size)),
         ClientMessage::Start { offset } => (true, BodyHint::Offset(*offset)),
-        ClientMessage::Finish { .. } => (true, BodyHint::None),
+        ClientMessage::Finish { .. } | ClientMessage::Skip | ClientMessage::Proceed => {
+            (true, BodyHint::None)
+        }
+        ClientMessage::List { prefix } => (prefix.len() <= MAX_NAME_LEN, BodyHint::None),
+        // The bytes after a get's start flow from the server: none follow here.
+        ClientMessage::Get { name } => (name.len() <= MAX_NAME_LEN, BodyHint::Size(0)),
     };
     (fits.then(|| encode(|out| msg.encode_into(out))), hint)
 }
@@ -265,9 +272,15 @@ fn reencode_client(msg: &ClientMessage) -> (Option<BytesMut>, BodyHint) {
 /// Re-encodes a server message when its fields are within the encoder's limits.
 fn reencode_server(msg: &ServerMessage) -> (Option<BytesMut>, BodyHint) {
     let fits = match msg {
-        ServerMessage::Stored { name, .. } => name.len() <= MAX_NAME_LEN,
+        ServerMessage::Stored { name, .. } | ServerMessage::Entry { name, .. } => {
+            name.len() <= MAX_NAME_LEN
+        }
         ServerMessage::Refuse { reason, .. } => reason.len() <= MAX_REASON_LEN,
-        ServerMessage::Welcome { .. } | ServerMessage::Accept { .. } => true,
+        ServerMessage::Welcome { .. }
+        | ServerMessage::Accept { .. }
+        | ServerMessage::Present { .. }
+        | ServerMessage::ListEnd { .. }
+        | ServerMessage::Sending { .. } => true,
     };
     (
         fits.then(|| encode(|out| msg.encode_into(out))),

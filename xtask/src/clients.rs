@@ -12,11 +12,23 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-/// The first line `chat-srv` sends every client.
+// The wire facts xtask needs. They live in `proto`; xtask keeps copies only to stay
+// free of proto's async dependencies, and the test below holds them equal to proto's.
+
+/// The tutorial's chat port (`proto::chat::DEFAULT_PORT`).
+pub const CHAT_PORT: u16 = 8888;
+
+/// The tutorial's upload port (`proto::upload::DEFAULT_PORT`).
+pub const UP_PORT: u16 = 9998;
+
+/// The first line `chat-srv` sends every client (`proto::chat::WELCOME`).
 pub const WELCOME: &str = "欢迎来到简单的聊天室..";
 
-/// The suffix `chat-srv` appends to each message it answers.
+/// The suffix `chat-srv` appends to each message it answers (`proto::chat::REPLY_SUFFIX`).
 pub const REPLY_SUFFIX: &str = ",你好";
+
+/// What `up-srv` answers to the legacy size line (`proto::upload::LEGACY_REPLY`).
+pub const LEGACY_REPLY: &str = "1001";
 
 /// The original client reads at most this many bytes per `recv`.
 const ORIGINAL_RECV: usize = 1024;
@@ -181,4 +193,19 @@ pub fn legacy_upload(addr: SocketAddr, data: &[u8], timeout: Duration) -> Result
     // server "that was everything" without racing a reset.
     let _ = stream.shutdown(Shutdown::Write);
     Ok(reply)
+}
+
+#[cfg(test)]
+mod wire_facts {
+    use super::*;
+
+    /// xtask's copies of the wire facts are proto's, so they cannot drift apart.
+    #[test]
+    fn copies_equal_proto() {
+        assert_eq!(CHAT_PORT, proto::chat::DEFAULT_PORT);
+        assert_eq!(UP_PORT, proto::upload::DEFAULT_PORT);
+        assert_eq!(WELCOME, proto::chat::WELCOME);
+        assert_eq!(REPLY_SUFFIX, proto::chat::REPLY_SUFFIX);
+        assert_eq!(LEGACY_REPLY.as_bytes(), proto::upload::LEGACY_REPLY);
+    }
 }

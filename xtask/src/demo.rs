@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 
-use crate::clients::{ChatClient, REPLY_SUFFIX};
+use crate::clients::{self, ChatClient, REPLY_SUFFIX};
 use crate::images::{self, ImageSpec};
 use crate::service::{self, Bins};
 use crate::verify;
@@ -43,8 +43,8 @@ pub fn run() -> Result<()> {
     }
     fs::create_dir_all(&uploads)?;
 
-    let chat_addr = pick_port("chat-srv", 8888)?;
-    let up_addr = pick_port("up-srv", 9998)?;
+    let chat_addr = pick_port("chat-srv", clients::CHAT_PORT)?;
+    let up_addr = pick_port("up-srv", clients::UP_PORT)?;
     let chat = bins.start_chat(chat_addr, &work.join("chat-srv.log"))?;
     let up = bins.start_up(up_addr, &uploads, &work.join("up-srv.log"))?;
     println!("chat-srv is listening on {chat_addr}, up-srv on {up_addr}");

@@ -1,5 +1,10 @@
 //! Deterministic test images (baseline JPEG and PNG) for `e2e` and `demo`, written by hand.
 //!
+//! Written by hand rather than with the `png`/`jpeg-encoder` crates because both formats
+//! are simple in the subset we need and xtask must build fast on every `cargo xtask` call;
+//! the tests check the output with maintained decoders (`png`, `jpeg-decoder`), which are
+//! dev-dependencies only.
+//!
 //! The upload checks want real image files that a viewer opens, from a few KiB to tens of
 //! MiB, with the same bytes on every run so digests and timings are comparable. Both
 //! formats are small enough to write directly, which keeps xtask free of image crates:
@@ -676,6 +681,52 @@ mod tests {
         assert_eq!(magnitude_bits(3, 2), 3);
         assert_eq!(magnitude_bits(-7, 3), 0);
         assert_eq!(magnitude_bits(-4, 3), 3);
+    }
+
+    /// The `png` crate (the maintained decoder image viewers build on) reads our PNGs
+    /// back to exactly the pixels that were written.
+    #[test]
+    fn png_crate_decodes_our_png_to_the_written_pixels() {
+        for (w, h, seed) in [(1, 1, 0), (31, 7, 7), (1000, 300, 2)] {
+            let file = png(w, h, seed);
+            let decoder = ::png::Decoder::new(std::io::Cursor::new(file.as_slice()));
+            let mut reader = decoder.read_info().expect("png header");
+            let mut pixels = vec![0; reader.output_buffer_size().expect("buffer size")];
+            let frame = reader.next_frame(&mut pixels).expect("png frame");
+            assert_eq!((frame.width, frame.height), (w, h));
+            assert_eq!(frame.color_type, ::png::ColorType::Rgb);
+            assert_eq!(frame.bit_depth, ::png::BitDepth::Eight);
+            // Our own parse of the same file must agree with the maintained decoder.
+            let zlib: Vec<u8> = png_chunks(&file)
+                .into_iter()
+                .filter(|(kind, _)| kind == b"IDAT")
+                .flat_map(|(_, data)| data)
+                .collect();
+            let ours: Vec<u8> = inflate_stored(&zlib)
+                .chunks(1 + 3 * w as usize)
+                .flat_map(|row| row[1..].to_vec())
+                .collect();
+            assert_eq!(&pixels[..frame.buffer_size()], ours.as_slice());
+        }
+    }
+
+    /// `jpeg-decoder` (a maintained baseline decoder) reads our JPEGs: the right size,
+    /// three colour channels, and a picture that is not one flat colour.
+    #[test]
+    fn jpeg_decoder_crate_decodes_our_jpeg() {
+        for (w, h, detail, seed) in [(8u16, 8u16, 0u8, 1u64), (100, 36, 20, 3), (640, 480, 40, 9)] {
+            let file = jpeg(w, h, detail, seed);
+            let mut decoder = jpeg_decoder::Decoder::new(file.as_slice());
+            let pixels = decoder.decode().expect("jpeg decodes");
+            let info = decoder.info().expect("jpeg info");
+            assert_eq!((info.width, info.height), (w, h));
+            assert_eq!(info.pixel_format, jpeg_decoder::PixelFormat::RGB24);
+            assert_eq!(pixels.len(), usize::from(w) * usize::from(h) * 3);
+            if w > 8 {
+                let first = &pixels[..3];
+                assert!(pixels.chunks(3).any(|p| p != first), "a flat picture");
+            }
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! - [`e2e`]: `cargo xtask e2e`, the end-to-end checks against the real binaries.
 //! - [`ci`]: `cargo xtask ci`, fmt, clippy, tests, e2e and the quick benchmark.
 //! - [`bench`]: `cargo xtask bench`, benchmarks against same-run baselines.
+//! - [`man`]: `cargo xtask man`, man pages and shell completions under `target/dist/`.
 //! - [`soak`]: `cargo xtask soak`, the hardening tests at full size (and fuzzing).
 //! - [`clients`]: std `TcpStream` clients speaking the chat lines and the legacy upload.
 //! - [`images`]: deterministic JPEG and PNG files for the upload checks.
@@ -28,6 +29,7 @@ mod demo;
 mod e2e;
 mod images;
 mod install;
+mod man;
 mod serve;
 mod service;
 mod soak;
@@ -59,6 +61,8 @@ enum Task {
     Ci,
     /// Run the benchmarks and write docs/BENCHMARKS.md.
     Bench(bench::BenchArgs),
+    /// Write man pages and shell completions for the four tools to target/dist/.
+    Man,
     /// The hardening tests at full size (2,000 chat clients for 60 s...), optionally fuzzing.
     Soak(soak::SoakArgs),
 }
@@ -77,6 +81,7 @@ fn run_task(task: Task) -> anyhow::Result<()> {
         Task::Ci => ci::run(),
         Task::Bench(args) => bench::run(args),
         Task::Soak(args) => soak::run(args),
+        Task::Man => man::run(),
     }
 }
 
@@ -108,7 +113,10 @@ mod tests {
         let Task::E2e(args) = cli.task else {
             panic!("not e2e: {:?}", cli.task)
         };
-        assert_eq!((args.chat_port, args.up_port), (8888, 9998));
+        assert_eq!(
+            (args.chat_port, args.up_port),
+            (crate::clients::CHAT_PORT, crate::clients::UP_PORT)
+        );
         let cli = Cli::try_parse_from(["cargo xtask", "e2e", "--chat-port", "1", "--up-port", "2"])
             .expect("parse");
         let Task::E2e(args) = cli.task else {

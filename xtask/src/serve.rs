@@ -1,6 +1,6 @@
 //! `cargo xtask serve`: `chat-srv` and `up-srv` in the foreground until Ctrl-C.
 //!
-//! Both servers log to this terminal. SIGINT and SIGTERM are blocked in xtask and taken
+//! Both servers log to this terminal, each line behind `[chat-srv] ` or `[up-srv] `. SIGINT and SIGTERM are blocked in xtask and taken
 //! with `sigwait` (safe, no handler), then forwarded to both children as SIGTERM so each
 //! shuts down gracefully; a server that stops on its own ends the task with an error and
 //! stops the other. The signals are blocked only after both children are spawned,
@@ -23,10 +23,10 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
     pub bind: IpAddr,
     /// Port for chat-srv.
-    #[arg(long, default_value_t = 8888)]
+    #[arg(long, default_value_t = crate::clients::CHAT_PORT)]
     pub chat_port: u16,
     /// Port for up-srv.
-    #[arg(long, default_value_t = 9998)]
+    #[arg(long, default_value_t = crate::clients::UP_PORT)]
     pub up_port: u16,
     /// Upload directory for up-srv [default: uploads/ at the workspace root].
     #[arg(long)]
@@ -54,7 +54,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         "-p",
         &args.chat_port.to_string(),
     ]);
-    let chat = Service::start("chat-srv", chat, chat_addr)?;
+    let chat = Service::start_prefixed("chat-srv", chat, chat_addr)?;
     let mut up = Command::new(&bins.up_srv);
     up.args([
         "-b",
@@ -63,7 +63,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         &args.up_port.to_string(),
     ]);
     up.arg("-d").arg(&dir);
-    let up = Service::start("up-srv", up, up_addr)?;
+    let up = Service::start_prefixed("up-srv", up, up_addr)?;
 
     println!("chat-srv listening on {chat_addr} (pid {})", chat.pid());
     println!(

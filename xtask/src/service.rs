@@ -17,10 +17,30 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 /// The workspace root, found from this crate's manifest directory.
+///
+/// Found at run time, never frozen at compile time: `cargo run` (the `cargo xtask` alias)
+/// sets `CARGO_MANIFEST_DIR` to this checkout's `xtask/`, so a copied or moved checkout
+/// works in the copy. Without it (the binary run by hand), the nearest folder above the
+/// current directory whose `Cargo.toml` declares `[workspace]` is the root.
 pub fn project_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives one level below the workspace root")
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    root_from(
+        std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from),
+        &cwd,
+    )
+}
+
+/// [`project_root`] for a given `CARGO_MANIFEST_DIR` and current directory.
+fn root_from(manifest_dir: Option<PathBuf>, cwd: &Path) -> PathBuf {
+    if let Some(parent) = manifest_dir.as_deref().and_then(Path::parent) {
+        return parent.to_path_buf();
+    }
+    cwd.ancestors()
+        .find(|dir| {
+            std::fs::read_to_string(dir.join("Cargo.toml"))
+                .is_ok_and(|toml| toml.lines().any(|l| l.trim() == "[workspace]"))
+        })
+        .unwrap_or(cwd)
         .to_path_buf()
 }
 
@@ -182,6 +202,23 @@ pub fn wait_with_timeout(mut child: Child, timeout: Duration) -> Result<Output> 
     })
 }
 
+/// Copies each line of `pipe` to stderr behind `[name] ` until the pipe closes.
+fn prefix_lines(name: &str, pipe: impl Read + Send + 'static) {
+    let prefix = format!("[{name}] ");
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(pipe)
+            .split(b'\n')
+            .map_while(Result::ok)
+        {
+            let mut err = std::io::stderr().lock();
+            let _ = err.write_all(prefix.as_bytes());
+            let _ = err.write_all(&line);
+            let _ = err.write_all(b"\n");
+        }
+    });
+}
+
 /// A server running as a child process; killed on drop unless stopped first.
 pub struct Service {
     name: String,
@@ -198,6 +235,30 @@ impl Service {
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {name} ({cmd:?})"))?;
+        Service::ready(name, child, addr)
+    }
+
+    /// Like [`Service::start`], with every line the child writes to stdout or stderr
+    /// copied to this process's stderr behind `[name] `, so two servers sharing one
+    /// terminal can be told apart.
+    pub fn start_prefixed(name: &str, mut cmd: Command, addr: SocketAddr) -> Result<Service> {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {name} ({cmd:?})"))?;
+        if let Some(out) = child.stdout.take() {
+            prefix_lines(name, out);
+        }
+        if let Some(err) = child.stderr.take() {
+            prefix_lines(name, err);
+        }
+        Service::ready(name, child, addr)
+    }
+
+    /// Wraps a spawned `child` and waits until `addr` accepts connections.
+    fn ready(name: &str, child: Child, addr: SocketAddr) -> Result<Service> {
         let mut service = Service {
             name: name.to_owned(),
             child: Some(child),
@@ -350,4 +411,32 @@ fn client_command(program: &Path, addr: SocketAddr) -> Command {
         &addr.port().to_string(),
     ]);
     cmd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A copied checkout resolves to the copy: the root follows the run-time
+    /// `CARGO_MANIFEST_DIR`, or the workspace above the current directory.
+    #[test]
+    fn copied_checkout_resolves_to_the_copy() {
+        let copy = std::env::temp_dir().join(format!("xtask-root-{}", std::process::id()));
+        let nested = copy.join("crates/proto/src");
+        std::fs::create_dir_all(&nested).unwrap();
+        std::fs::create_dir_all(copy.join("xtask")).unwrap();
+        std::fs::write(copy.join("Cargo.toml"), "[workspace]\nmembers = []\n").unwrap();
+        std::fs::write(copy.join("crates/proto/Cargo.toml"), "[package]\n").unwrap();
+
+        assert_eq!(root_from(Some(copy.join("xtask")), Path::new("/")), copy);
+        assert_eq!(root_from(None, &nested), copy);
+        // And this very test, run by cargo from this checkout, sees this checkout.
+        let here = project_root();
+        assert!(
+            here.join("xtask/src/service.rs").is_file(),
+            "{}",
+            here.display()
+        );
+        std::fs::remove_dir_all(&copy).unwrap();
+    }
 }

@@ -2,7 +2,7 @@
 //! enforces them. Each failure lists every offending `path:line` and says how to fix it.
 //!
 //! The rules:
-//! - every `.rs` file under `crates/`, `xtask/`, `tests/` and `fuzz/` opens with a `//!`
+//! - every `.rs` file under `crates/`, `tools/`, `xtask/`, `tests/` and `fuzz/` opens with a `//!`
 //!   module doc (its role and how it connects);
 //! - code that reads from peers has no `.unwrap()`: in `crates/*/src`, every file named
 //!   `session.rs` or `server.rs`, and every file under a `session/` or `server/` folder,
@@ -10,7 +10,12 @@
 //!   the end of a file); comment lines are skipped. Use `?`, or `.expect("why this
 //!   cannot fail")` for a true invariant;
 //! - no tab characters and no trailing whitespace in `.rs` and `.md` files;
-//! - every crate (each `crates/*` and `xtask`) has a `README.md`.
+//! - every crate (each `crates/*`, `tools/*` and `xtask`) has a `README.md`;
+//! - no dead dependency: every entry of a crate's `[dependencies]` and
+//!   `[dev-dependencies]` is named in that crate's Rust files (a dependency kept only
+//!   for its features says so with `# tidy: features only` on its line);
+//! - xtask finds the workspace at run time: no `env!("CARGO_MANIFEST_DIR")` in xtask,
+//!   which would freeze the path of the tree it was compiled in.
 //!
 //! Folders named `target*` and hidden folders (`.git`, ...) are never searched.
 
@@ -72,7 +77,7 @@ fn report(rule: &str, offenders: &[String], fix: &str) {
 
 fn rust_sources() -> Vec<PathBuf> {
     let root = project_root();
-    ["crates", "xtask", "tests", "fuzz"]
+    ["crates", "tools", "xtask", "tests", "fuzz"]
         .iter()
         .flat_map(|dir| files_under(&root.join(dir), &["rs"]))
         .collect()
@@ -180,9 +185,9 @@ fn no_tabs_or_trailing_whitespace() {
 #[test]
 fn every_crate_has_a_readme() {
     let root = project_root();
-    let mut crates: Vec<PathBuf> = fs::read_dir(root.join("crates"))
-        .expect("crates/ exists")
-        .flatten()
+    let mut crates: Vec<PathBuf> = ["crates", "tools"]
+        .iter()
+        .flat_map(|dir| fs::read_dir(root.join(dir)).into_iter().flatten().flatten())
         .map(|e| e.path())
         .filter(|p| p.join("Cargo.toml").is_file())
         .collect();
@@ -197,5 +202,112 @@ fn every_crate_has_a_readme() {
         "these crates have no README.md",
         &offenders,
         "add a README.md saying what the crate is, how to run it and its flags",
+    );
+}
+
+/// The crates whose manifests the dependency rule reads: each `crates/*`, `tools/*`, xtask.
+fn crate_dirs() -> Vec<PathBuf> {
+    let root = project_root();
+    let mut dirs: Vec<PathBuf> = ["crates", "tools"]
+        .iter()
+        .filter_map(|dir| fs::read_dir(root.join(dir)).ok())
+        .flat_map(|entries| entries.flatten().map(|e| e.path()))
+        .filter(|p| p.join("Cargo.toml").is_file())
+        .collect();
+    dirs.push(root.join("xtask"));
+    dirs.sort();
+    dirs
+}
+
+/// `(line, name)` of each dependency in the `[dependencies]`, `[dev-dependencies]` and
+/// `[build-dependencies]` tables of `manifest`, skipping lines marked `tidy: features only`.
+fn declared_dependencies(manifest: &str) -> Vec<(usize, String)> {
+    let mut in_deps = false;
+    let mut found = Vec::new();
+    for (i, line) in manifest.lines().enumerate() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_deps = matches!(
+                line,
+                "[dependencies]" | "[dev-dependencies]" | "[build-dependencies]"
+            ) || line.starts_with("[target.") && line.ends_with("dependencies]");
+            continue;
+        }
+        if !in_deps
+            || line.is_empty()
+            || line.starts_with('#')
+            || line.contains("tidy: features only")
+        {
+            continue;
+        }
+        if let Some((name, _)) = line.split_once(['=', '.']) {
+            found.push((i + 1, name.trim().to_owned()));
+        }
+    }
+    found
+}
+
+/// Whether `code` names the crate `name` as a path (`name::`, `use name`, `extern crate name`).
+fn names_crate(code: &str, name: &str) -> bool {
+    let ident = name.replace('-', "_");
+    code.match_indices(&ident).any(|(at, _)| {
+        let before = code[..at].chars().next_back();
+        let after = &code[at + ident.len()..];
+        let starts_word = before.is_none_or(|c| !(c.is_alphanumeric() || c == '_'));
+        starts_word
+            && (after.starts_with("::")
+                || after.starts_with(';')
+                || after.starts_with(" as ")
+                || after.starts_with(",")
+                || after.starts_with("}"))
+    })
+}
+
+#[test]
+fn dependency_rule_sees_paths_only() {
+    let manifest = "[package]\nname = \"x\"\n[dependencies]\nfoo-bar.workspace = true\n\
+                    baz = \"1\"\nkept = \"1\" # tidy: features only\n[dev-dependencies]\nqux = \"1\"\n";
+    let names: Vec<String> = declared_dependencies(manifest)
+        .into_iter()
+        .map(|(_, n)| n)
+        .collect();
+    assert_eq!(names, ["foo-bar", "baz", "qux"]);
+    assert!(names_crate("use foo_bar::Thing;", "foo-bar"));
+    assert!(names_crate("let x = baz::f();", "baz"));
+    assert!(!names_crate("let rebaz = 1; // baz is nice", "baz"));
+}
+
+#[test]
+fn no_dead_dependencies() {
+    let mut offenders = Vec::new();
+    for dir in crate_dirs() {
+        let manifest = read(&dir.join("Cargo.toml"));
+        let code: String = files_under(&dir, &["rs"]).iter().map(|p| read(p)).collect();
+        for (line, name) in declared_dependencies(&manifest) {
+            if !names_crate(&code, &name) {
+                offenders.push(format!("{}/Cargo.toml:{line}: {name}", relative(&dir)));
+            }
+        }
+    }
+    report(
+        "dependencies that no Rust file of their crate names",
+        &offenders,
+        "remove them from the crate's Cargo.toml (or mark a features-only entry \
+         with `# tidy: features only`)",
+    );
+}
+
+#[test]
+fn xtask_finds_the_workspace_at_run_time() {
+    let frozen = ["env!(", "\"CARGO_MANIFEST_DIR\")"].concat();
+    let offenders: Vec<String> = files_under(&project_root().join("xtask"), &["rs"])
+        .iter()
+        .filter(|p| !p.ends_with("tidy.rs") && read(p).contains(&frozen))
+        .map(|p| relative(p))
+        .collect();
+    report(
+        "xtask files that freeze the workspace path at compile time",
+        &offenders,
+        "use `service::project_root()`, which reads CARGO_MANIFEST_DIR at run time",
     );
 }

@@ -4,42 +4,60 @@
 //! - **script** (stdin is not a terminal): print the welcome, then for each
 //!   input line send it and print everything up to its answer, so output is
 //!   deterministic; after `q` wait for the server to close;
-//! - **interactive** (stdin is a terminal): a prompt, with room lines printed
-//!   as they arrive while the user types.
+//! - **interactive** (stdin is a terminal): a line editor (rustyline) with
+//!   history and Tab completion when stdout is a terminal too; room lines are
+//!   printed above the line being typed.
 //!
-//! Server lines are framed by [`proto::chat::ChatCodec`]; which line
-//! answers which message follows the rule in the "Chat" section of
-//! `docs/PROTOCOL.md` (every non-empty line but `q` gets exactly one answer:
-//! the reply `X,你好`, a `+ ` line or a `! ` line). `main.rs` parses the flags
-//! and maps [`ClientError`] to an exit code.
+//! Server lines are framed by [`proto::chat::ChatCodec`] in both directions;
+//! which line answers which message follows the rule in the "Chat" section
+//! of `docs/PROTOCOL.md` (every non-empty line but `q` gets exactly one
+//! answer: the reply `X,你好`, a `+ ` line or a `! ` line). `main.rs` parses
+//! the flags and maps [`ClientError`] to an exit code.
+//!
+//! # Layout
+//! - `conn`: one connection over any stream, lines in and out.
+//! - `modes`: the three modes, keep-alive and what ends a session.
+//! - `editor`: the rustyline thread, its history file and completion.
+//! - `display`: escaping, timestamps, colour, the prompt's language.
+//! - `state`: nickname, room and room members learned from server lines.
 
-use std::io::{IsTerminal, Write};
+mod conn;
+mod display;
+mod editor;
+mod modes;
+mod state;
+
+use std::io::IsTerminal;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use proto::chat::{ChatCodec, ClientLine, ERROR_PREFIX, OK_PREFIX, REPLY_SUFFIX, WELCOME};
-use tokio::io::AsyncWriteExt;
-use tokio::io::{ReadHalf, WriteHalf};
+use proto::chat::{ERROR_PREFIX, WELCOME};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
-use tokio_util::codec::FramedRead;
-use transport::Stream;
+
+pub use display::{escape_controls, prompt_for_locale, Style, PROMPT, PROMPT_ZH};
+pub use editor::history_path;
+
+use conn::Conn;
+use modes::{Ended, Screen};
+use state::State;
 
 /// Port chat-cli connects to unless told otherwise (chat-srv's default).
-pub const DEFAULT_PORT: u16 = 8888;
+pub const DEFAULT_PORT: u16 = proto::chat::DEFAULT_PORT;
 
-/// The prompt shown in interactive mode.
-pub const PROMPT: &str = "请输入您要发送的内容:";
+/// Default `--keepalive`: an empty line after this long without sending.
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(60);
 
-/// Server lines longer than this are skipped; generous, since the server's
-/// own lines (lists, long messages with a nickname) may exceed its input limit.
-const MAX_SERVER_LINE: usize = 1 << 20;
+/// How long to wait for the welcome. A chat server greets at once; an
+/// up-srv, or another service that waits for its client to speak first,
+/// sends nothing, which this turns into a clear error quickly.
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// How long to wait for the welcome before deciding the peer is not a chat server.
-const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+/// First and longest wait between `--reconnect` attempts.
+const RECONNECT_FIRST: Duration = Duration::from_secs(1);
+const RECONNECT_MAX: Duration = Duration::from_secs(30);
 
 /// What to do once connected.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Options {
     /// Server host name or address.
     pub host: String,
@@ -47,6 +65,16 @@ pub struct Options {
     pub port: u16,
     /// Send this one message, print its answer and exit.
     pub message: Option<String>,
+    /// Take this nickname right after the welcome.
+    pub nick: Option<String>,
+    /// Join this room right after the welcome.
+    pub room: Option<String>,
+    /// Send an empty line after this long without sending; `None` = never.
+    pub keepalive: Option<Duration>,
+    /// Reconnect after a lost connection, restoring nickname and room.
+    pub reconnect: bool,
+    /// How lines are shown.
+    pub style: Style,
     /// Connect with TLS, verified by this connector; `None` = plain TCP.
     pub tls: Option<transport::Connector>,
 }
@@ -71,17 +99,17 @@ pub enum ClientError {
     #[error("server refused the connection: {0}")]
     Refused(String),
     /// The first line was not the chat welcome.
-    #[error("{addr} did not greet like a chat server (got {got:?}; is it chat-srv?)")]
+    #[error("{addr} did not greet like a chat server (got {got}; is it chat-srv? check --port)")]
     NotChat {
         /// `host:port`.
         addr: String,
-        /// What arrived instead, if anything.
+        /// What arrived instead, described.
         got: String,
     },
     /// The server closed the connection while the user was still chatting.
     #[error("server closed the connection")]
     Closed,
-    /// The server answered the `-m` message with an error line.
+    /// The server answered the `-m` message (or `--nick`/`--room`) with an error line.
     #[error("server refused the message: {0}")]
     Answer(String),
     /// Reading from or writing to the server or the terminal failed.
@@ -103,61 +131,109 @@ impl ClientError {
     }
 }
 
-fn io(context: &'static str) -> impl FnOnce(std::io::Error) -> ClientError {
+pub(crate) fn io(context: &'static str) -> impl FnOnce(std::io::Error) -> ClientError {
     move |source| ClientError::Io { context, source }
 }
 
-type Lines = FramedRead<ReadHalf<Stream>, ChatCodec>;
+/// A line from the user (stdin or the editor).
+pub(crate) enum Input {
+    Line(String),
+    /// End of input (Ctrl-D, Ctrl-C, end of a script).
+    Eof,
+    Failed(std::io::Error),
+}
 
-/// The sending half of the connection, plain or TLS.
-type Writer = WriteHalf<Stream>;
-
-/// Connects, reads the welcome and runs the mode `opts` and stdin select.
+/// Connects, reads the welcome and runs the mode `opts` and stdin select;
+/// with `--reconnect`, connects again after a lost connection.
 pub async fn run(opts: Options) -> Result<(), ClientError> {
     let addr = format!("{}:{}", opts.host, opts.port);
+    if let Some(message) = &opts.message {
+        let mut conn = greet(connect(&opts, &addr).await?, &addr).await?;
+        return modes::one_message(&mut conn, &opts, message).await;
+    }
+    let mut state = State::default();
+    let mut screen = Screen::start(&opts, &state)?;
+    let mut wait = RECONNECT_FIRST;
+    let mut first = true;
+    loop {
+        let attempt = match connect(&opts, &addr).await {
+            Ok(stream) => greet(stream, &addr).await,
+            Err(e) => Err(e),
+        };
+        let ended = match attempt {
+            Ok(mut conn) => {
+                if !first {
+                    screen.note(&format!("reconnected to {addr}"))?;
+                    wait = RECONNECT_FIRST;
+                }
+                modes::session(&mut conn, &opts, &mut state, &mut screen, first).await
+            }
+            Err(e) if first || !opts.reconnect => return Err(e),
+            Err(e) => {
+                screen.note(&format!("{e:#}"))?;
+                Ok(Ended::Retry)
+            }
+        };
+        first = false;
+        let why = match ended {
+            Ok(Ended::Quit) => return Ok(()),
+            Ok(Ended::Goodbye) if !opts.reconnect => return Ok(()),
+            Ok(Ended::Goodbye) if opts.reconnect => "the server said goodbye; reconnecting",
+            Ok(Ended::Retry) => "retrying",
+            Ok(Ended::Lost) | Err(ClientError::Closed) if opts.reconnect => {
+                "connection lost; reconnecting"
+            }
+            Ok(_) => return Err(ClientError::Closed),
+            Err(e) => return Err(e),
+        };
+        screen.note(&format!("{why} in {} s", wait.as_secs()))?;
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(RECONNECT_MAX);
+    }
+}
+
+/// Opens the stream: TCP, then TLS when `opts.tls` is set. Nothing is
+/// written before the server is verified: the connector returns only after
+/// the handshake and the certificate check.
+async fn connect(opts: &Options, addr: &str) -> Result<transport::Stream, ClientError> {
     let tcp = TcpStream::connect((opts.host.as_str(), opts.port))
         .await
-        .map_err(|e| connect_error(&addr, &e))?;
+        .map_err(|e| connect_error(addr, &e))?;
     let _ = tcp.set_nodelay(true);
-    // Nothing is written before the server is verified: `connect` returns
-    // only after the handshake and the certificate check.
-    let stream = match &opts.tls {
-        Some(connector) => connector.connect(tcp, &opts.host, opts.port).await?,
+    match &opts.tls {
+        Some(connector) => Ok(connector.connect(tcp, &opts.host, opts.port).await?),
         None => {
-            let peer = tcp.peer_addr().map_err(|e| connect_error(&addr, &e))?;
-            Stream::plain(tcp, peer)
+            let peer = tcp.peer_addr().map_err(|e| connect_error(addr, &e))?;
+            Ok(transport::Stream::plain(tcp, peer))
         }
-    };
-    let (r, mut w) = tokio::io::split(stream);
-    let mut lines = FramedRead::new(r, ChatCodec::new(MAX_SERVER_LINE));
+    }
+}
 
-    let welcome = match tokio::time::timeout(WELCOME_TIMEOUT, next_line(&mut lines)).await {
+/// Frames `stream` and checks that the server greets with the welcome.
+async fn greet<S: AsyncRead + AsyncWrite>(stream: S, addr: &str) -> Result<Conn<S>, ClientError> {
+    let mut conn = Conn::new(stream);
+    let welcome = match tokio::time::timeout(WELCOME_TIMEOUT, conn.next_line()).await {
         Ok(line) => line?,
-        Err(_) => None,
+        Err(_) => {
+            let secs = WELCOME_TIMEOUT.as_secs();
+            return Err(ClientError::NotChat {
+                addr: addr.to_owned(),
+                got: format!(
+                    "nothing within {secs} s, as an up-srv or another service that waits for its client to speak first"
+                ),
+            });
+        }
     };
     match welcome {
-        Some(line) if line == WELCOME => {}
+        Some(line) if line == WELCOME => Ok(conn),
         Some(line) if line.starts_with(ERROR_PREFIX) => {
             let reason = line.strip_prefix(ERROR_PREFIX).unwrap_or(&line);
-            return Err(ClientError::Refused(reason.to_owned()));
+            Err(ClientError::Refused(escape_controls(reason).into_owned()))
         }
-        other => {
-            return Err(ClientError::NotChat {
-                addr,
-                got: other.unwrap_or_else(|| "nothing".into()),
-            })
-        }
-    }
-
-    if let Some(message) = opts.message {
-        return one_message(&message, &mut lines, &mut w).await;
-    }
-    let stdin = spawn_stdin_reader();
-    if std::io::stdin().is_terminal() {
-        interactive(lines, w, stdin).await
-    } else {
-        print(WELCOME)?;
-        script(lines, w, stdin).await
+        other => Err(ClientError::NotChat {
+            addr: addr.to_owned(),
+            got: other.map_or_else(|| "the connection closed".into(), |l| format!("{l:?}")),
+        }),
     }
 }
 
@@ -189,225 +265,11 @@ fn lower_reason(e: &std::io::Error) -> String {
     }
 }
 
-/// The next server line (`None` at end of stream); undecodable lines are
-/// reported on stderr and skipped.
-async fn next_line(lines: &mut Lines) -> Result<Option<String>, ClientError> {
-    loop {
-        match lines.next().await {
-            None => return Ok(None),
-            Some(Err(e)) => {
-                return Err(ClientError::Io {
-                    context: "reading from the server",
-                    source: std::io::Error::other(e),
-                })
-            }
-            Some(Ok(Ok(line))) => return Ok(Some(line)),
-            Some(Ok(Err(e))) => eprintln!("chat-cli: skipped a server line: {e}"),
-        }
-    }
-}
-
-/// What a sent line expects back.
-enum Expect {
-    /// Nothing (an empty line).
-    Nothing,
-    /// The server closes the connection (`q`, `/quit`).
-    Close,
-    /// One answer line: this reply, or a `! ` error.
-    Reply(String),
-    /// One answer line starting with `+ ` or `! `.
-    CommandAnswer,
-}
-
-fn expect_for(line: &str) -> Expect {
-    match ClientLine::parse(line) {
-        Ok(ClientLine::Empty) => Expect::Nothing,
-        Ok(ClientLine::Quit) => Expect::Close,
-        Ok(ClientLine::Message(text)) => Expect::Reply(format!("{text}{REPLY_SUFFIX}")),
-        Ok(_) | Err(_) => Expect::CommandAnswer,
-    }
-}
-
-fn is_answer(expect: &Expect, line: &str) -> bool {
-    match expect {
-        Expect::Reply(reply) => line == reply || line.starts_with(ERROR_PREFIX),
-        Expect::CommandAnswer => line.starts_with(OK_PREFIX) || line.starts_with(ERROR_PREFIX),
-        Expect::Nothing | Expect::Close => false,
-    }
-}
-
-async fn send(w: &mut Writer, line: &str) -> Result<(), ClientError> {
-    let mut bytes = Vec::with_capacity(line.len() + 1);
-    bytes.extend_from_slice(line.as_bytes());
-    bytes.push(b'\n');
-    // Flushed: a TLS stream may hold the end of a line until then.
-    w.write_all(&bytes).await.map_err(|_| ClientError::Closed)?;
-    w.flush().await.map_err(|_| ClientError::Closed)
-}
-
-/// Prints one line to stdout (errors include a closed pipe, which the binary
-/// treats as success).
-fn print(line: &str) -> Result<(), ClientError> {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{line}")
-        .and_then(|()| out.flush())
-        .map_err(io("writing to stdout"))
-}
-
-async fn one_message(message: &str, lines: &mut Lines, w: &mut Writer) -> Result<(), ClientError> {
-    let message = message.trim_end_matches(['\r', '\n']);
-    let expect = expect_for(message);
-    send(w, message).await?;
-    if matches!(expect, Expect::Nothing) {
-        return Ok(());
-    }
-    while let Some(line) = next_line(lines).await? {
-        // Room traffic that arrives before the answer is not ours to print.
-        if is_answer(&expect, &line) {
-            if let Some(error) = line.strip_prefix(ERROR_PREFIX) {
-                return Err(ClientError::Answer(error.to_owned()));
-            }
-            return print(&line);
-        }
-    }
-    match expect {
-        Expect::Close => Ok(()),
-        _ => Err(ClientError::Closed),
-    }
-}
-
-/// Input from stdin, read on a plain thread: a blocking read of the terminal
-/// must not keep the async runtime from shutting down when the server leaves.
-type Stdin = mpsc::Receiver<std::io::Result<String>>;
-
-fn spawn_stdin_reader() -> Stdin {
-    let (tx, rx) = mpsc::channel(16);
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        let mut stdin = std::io::stdin().lock();
-        loop {
-            let mut buf = Vec::new();
-            let line = match stdin.read_until(b'\n', &mut buf) {
-                Ok(0) => break,
-                Ok(_) => {
-                    if buf.last() == Some(&b'\n') {
-                        buf.pop();
-                    }
-                    if buf.last() == Some(&b'\r') {
-                        buf.pop();
-                    }
-                    Ok(String::from_utf8_lossy(&buf).into_owned())
-                }
-                Err(e) => Err(e),
-            };
-            let failed = line.is_err();
-            if tx.blocking_send(line).is_err() || failed {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-async fn script(mut lines: Lines, mut w: Writer, mut stdin: Stdin) -> Result<(), ClientError> {
-    loop {
-        // While waiting for input, still print what the room sends and
-        // notice a server that goes away.
-        let input = tokio::select! {
-            input = stdin.recv() => input,
-            line = next_line(&mut lines) => match line? {
-                Some(line) => {
-                    print(&line)?;
-                    continue;
-                }
-                None => return Err(ClientError::Closed),
-            },
-        };
-        let Some(input) = input else { break };
-        let input = input.map_err(io("reading stdin"))?;
-        let expect = expect_for(&input);
-        send(&mut w, &input).await?;
-        match expect {
-            Expect::Nothing => continue,
-            Expect::Close => return drain_until_close(&mut lines).await,
-            _ => {}
-        }
-        loop {
-            let Some(line) = next_line(&mut lines).await? else {
-                return Err(ClientError::Closed);
-            };
-            print(&line)?;
-            if is_answer(&expect, &line) {
-                break;
-            }
-        }
-    }
-    // End of input without `q`: close our side; the server then closes too.
-    let _ = w.shutdown().await;
-    drain_until_close(&mut lines).await
-}
-
-/// Prints what the server still sends until it closes.
-async fn drain_until_close(lines: &mut Lines) -> Result<(), ClientError> {
-    while let Some(line) = next_line(lines).await? {
-        print(&line)?;
-    }
-    Ok(())
-}
-
-async fn interactive(mut lines: Lines, mut w: Writer, mut stdin: Stdin) -> Result<(), ClientError> {
-    let fancy = std::io::stdout().is_terminal();
-    let show = |line: &str| -> Result<(), ClientError> {
-        let mut out = std::io::stdout().lock();
-        let res = if fancy {
-            // Clear the prompt line, print the room line, redraw the prompt;
-            // text already typed stays in the terminal's input buffer.
-            write!(out, "\r\x1b[2K{line}\n{PROMPT}")
-        } else {
-            write!(out, "{line}\n{PROMPT}")
-        };
-        res.and_then(|()| out.flush())
-            .map_err(io("writing to stdout"))
-    };
-    show(WELCOME)?;
-    let mut quitting = false;
-    loop {
-        tokio::select! {
-            line = next_line(&mut lines) => match line? {
-                Some(line) => show(&line)?,
-                None if quitting => {
-                    print("")?;
-                    return Ok(());
-                }
-                None => {
-                    print("")?;
-                    return Err(ClientError::Closed);
-                }
-            },
-            input = stdin.recv(), if !quitting => match input {
-                Some(input) => {
-                    let input = input.map_err(io("reading stdin"))?;
-                    if matches!(expect_for(&input), Expect::Close) {
-                        quitting = true;
-                    }
-                    send(&mut w, &input).await?;
-                    if !quitting {
-                        show_prompt()?;
-                    }
-                }
-                None => {
-                    // Ctrl-D: leave like `q`.
-                    quitting = true;
-                    send(&mut w, "q").await?;
-                }
-            },
-        }
-    }
-}
-
-fn show_prompt() -> Result<(), ClientError> {
-    let mut out = std::io::stdout().lock();
-    write!(out, "{PROMPT}")
-        .and_then(|()| out.flush())
-        .map_err(io("writing to stdout"))
+/// Whether stdin and stdout are terminals: the editor needs both; a
+/// terminal stdin alone still makes the session interactive.
+pub(crate) fn terminals() -> (bool, bool) {
+    (
+        std::io::stdin().is_terminal(),
+        std::io::stdout().is_terminal(),
+    )
 }

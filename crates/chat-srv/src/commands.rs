@@ -10,11 +10,14 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+use std::net::SocketAddr;
+
 use bytes::BytesMut;
-use proto::chat::{validate_nick, validate_room, ClientLine, ServerLine};
+use proto::chat::{count, validate_nick, validate_room, ClientLine, ServerLine};
+use tracing::debug;
 
 use crate::room::{deliver, send, Peer, RenameError};
-use crate::server::Shared;
+use crate::shared::Shared;
 use crate::NOTICE_ROOM_LIMIT;
 
 /// Lists (`/rooms`, `/who`) name at most this many entries, so one answer
@@ -23,12 +26,15 @@ pub(crate) const LIST_LIMIT: usize = 100;
 
 /// The `/help` answer.
 pub(crate) const HELP: &str = "commands: /nick NAME, /join ROOM, /rooms, /who, /msg NICK TEXT, \
-/help, /quit (or q); any other line is a message (start it with // to send a leading /)";
+/history [N], /help, /quit (or q); any other line is a message (start it with // to send a \
+leading /); command names ignore case";
 
 /// Where a client is: its identity and its room.
 pub(crate) struct Member {
     pub peer: Peer,
     pub room: Arc<str>,
+    /// The client's address, for the log.
+    pub addr: SocketAddr,
 }
 
 /// Runs one parsed line that is neither empty nor a quit.
@@ -41,6 +47,7 @@ pub(crate) fn apply(line: ClientLine<'_>, me: &mut Member, shared: &Shared, out:
         ClientLine::Who => who(me, shared, out),
         ClientLine::Msg { to, text } => private(to, text, me, shared, out),
         ClientLine::Help => ServerLine::Ok(HELP).encode(out),
+        ClientLine::History(n) => history(n, me, shared, out),
         // The session handles these before calling here.
         ClientLine::Empty | ClientLine::Quit => {}
     }
@@ -48,16 +55,39 @@ pub(crate) fn apply(line: ClientLine<'_>, me: &mut Member, shared: &Shared, out:
 
 fn message(text: &str, me: &Member, shared: &Shared, out: &mut BytesMut) {
     ServerLine::Reply(text).encode(out);
-    let members = shared.registry.members(&me.room);
-    // A lone client (the legacy tutorial case) costs no broadcast at all.
-    if members.len() > 1 {
-        let line = ServerLine::Chat {
-            from: &me.peer.nick,
+    let from = &*me.peer.nick;
+    // Built outside the registry's lock; the time is the server's local time.
+    let kept = shared.registry.keeps_history().then(|| {
+        let time = chrono::Local::now().format("%H:%M").to_string();
+        ServerLine::History {
+            time: &time,
+            from,
             text,
         }
-        .to_bytes();
+        .to_bytes()
+    });
+    let members = shared.registry.post(&me.room, kept);
+    // A lone client (the legacy tutorial case) costs no broadcast at all.
+    if members.len() > 1 {
+        let line = ServerLine::Chat { from, text }.to_bytes();
         deliver(&members, me.peer.id, &line);
     }
+}
+
+fn history(n: usize, me: &Member, shared: &Shared, out: &mut BytesMut) {
+    if !shared.registry.keeps_history() {
+        return ServerLine::Ok("this server keeps no history (chat-srv --history 0)").encode(out);
+    }
+    let lines = shared.registry.history(&me.room, n);
+    for line in &lines {
+        out.extend_from_slice(line);
+    }
+    let text = format!(
+        "{} of history in {}",
+        count(lines.len(), "line", "lines"),
+        me.room
+    );
+    ServerLine::Ok(&text).encode(out);
 }
 
 /// Sends `* text` to the other members, if the room is small enough for
@@ -69,15 +99,17 @@ fn notify(members: &[Peer], except: u64, text: &str) {
 }
 
 fn nick(new: &str, me: &mut Member, shared: &Shared, out: &mut BytesMut) {
-    if let Err(e) = validate_nick(new) {
-        return ServerLine::Error(&e.to_string()).encode(out);
-    }
+    let new = match validate_nick(new) {
+        Ok(nfc) => nfc,
+        Err(e) => return ServerLine::Error(&e.to_string()).encode(out),
+    };
     if *me.peer.nick == *new {
         return ServerLine::Error(&format!("you are already {new}")).encode(out);
     }
     let old = me.peer.nick.clone();
-    match shared.registry.rename(&mut me.peer, &me.room, new) {
+    match shared.registry.rename(&mut me.peer, &me.room, &new) {
         Ok(members) => {
+            debug!(peer = %me.addr, %old, %new, "nick changed");
             ServerLine::Ok(&format!("you are now {new}")).encode(out);
             notify(&members, me.peer.id, &format!("{old} is now {new}"));
         }
@@ -96,11 +128,13 @@ fn join(room: &str, me: &mut Member, shared: &Shared, out: &mut BytesMut) {
         return ServerLine::Error(&format!("you are already in {room}")).encode(out);
     }
     let (new_room, old, new) = shared.registry.switch(&me.peer, &me.room, &room);
+    debug!(peer = %me.addr, nick = %me.peer.nick, from = %me.room, to = %new_room, "moved");
     me.room = new_room;
     let nick = &me.peer.nick;
-    notify(&old, me.peer.id, &format!("{nick} left"));
+    notify(&old, me.peer.id, &format!("{nick} left for {room}"));
     notify(&new, me.peer.id, &format!("{nick} joined"));
-    ServerLine::Ok(&format!("you are now in {room} ({} members)", new.len())).encode(out);
+    let members = count(new.len(), "member", "members");
+    ServerLine::Ok(&format!("you are now in {room} ({members})")).encode(out);
 }
 
 /// Appends `items` comma-separated, at most [`LIST_LIMIT`] of them.
@@ -119,7 +153,7 @@ fn push_list<I: ExactSizeIterator<Item = String>>(text: &mut String, items: I) {
 
 fn rooms(shared: &Shared, out: &mut BytesMut) {
     let list = shared.registry.room_list();
-    let mut text = format!("{} rooms: ", list.len());
+    let mut text = format!("{}: ", count(list.len(), "room", "rooms"));
     push_list(
         &mut text,
         list.iter().map(|(name, n)| format!("{name} ({n})")),

@@ -3,29 +3,35 @@
 //! unterminated messages completed by a pause).
 //!
 //! The binary (`main.rs`) parses flags, binds and calls [`run`]; tests and
-//! benchmarks call [`run`] in-process on a listener bound to port 0. The wire
-//! format is specified in the "Chat" section of `docs/PROTOCOL.md` and framed
-//! by [`proto::chat::ChatCodec`].
+//! benchmarks call [`spawn`] in-process on a listener bound to port 0. The
+//! wire format is specified in the "Chat" section of `docs/PROTOCOL.md` and
+//! framed by [`proto::chat::ChatCodec`].
 //!
 //! # Layout
 //! - `server`: the accept loop (on the shared `transport` crate: plain and
 //!   TLS ports, the connection limit) and graceful shutdown.
-//! - `session`: one connection: reading, the pause rule, rate and idle
-//!   limits, the bounded outgoing queue.
+//! - `shared`: the state every session shares (limits, registry, shutdown).
+//! - `session`: one connection, generic over its stream: reading, the pause
+//!   rule, rate and idle limits, the bounded outgoing queue.
 //! - `commands`: what each client line does (`/nick`, `/join`, messages…).
-//! - `room`: the shared registry of rooms and nicknames.
+//! - `room`: the shared registry of rooms, nicknames and room history.
 
 mod commands;
 mod room;
 mod server;
 mod session;
+mod shared;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use server::{hints, run, serve};
 
 /// Port `chat-srv` listens on unless told otherwise.
-pub const DEFAULT_PORT: u16 = 8888;
+pub const DEFAULT_PORT: u16 = proto::chat::DEFAULT_PORT;
+
+/// Default number of chat lines each room keeps for `/history`.
+pub const DEFAULT_HISTORY: usize = 100;
 
 /// Default cap on simultaneous connections.
 pub const DEFAULT_MAX_CLIENTS: usize = 16_384;
@@ -42,7 +48,8 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long the bytes of an unterminated line may sit without a new byte
 /// arriving before they count as a complete line. This is what lets the
 /// legacy client, which sends bare text without a newline and then waits for
-/// the reply, work unmodified.
+/// the reply, work unmodified. It applies only to connections that have not
+/// yet sent a `\n`, and never ends a line inside a multi-byte character.
 pub const PARTIAL_LINE_PAUSE: Duration = Duration::from_millis(150);
 
 /// Join and leave notices are sent only in rooms of at most this many
@@ -64,6 +71,8 @@ pub struct Config {
     pub rate: u32,
     /// Close connections that send nothing for this long; `None` = never.
     pub idle_timeout: Option<Duration>,
+    /// Chat lines kept per room for `/history`; `0` keeps none.
+    pub history: usize,
 }
 
 impl Default for Config {
@@ -74,6 +83,7 @@ impl Default for Config {
             queue: DEFAULT_QUEUE,
             rate: DEFAULT_RATE,
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            history: DEFAULT_HISTORY,
         }
     }
 }
@@ -84,6 +94,62 @@ pub enum ServerError {
     /// A listener's own address could not be read.
     #[error("cannot read the listening address: {0}")]
     LocalAddr(#[source] std::io::Error),
+    /// The server task of a [`ServerHandle`] panicked or was cancelled.
+    #[error("the server task failed: {0}")]
+    Task(String),
+}
+
+/// A server running on a task of the current runtime (see [`spawn`]).
+#[derive(Debug)]
+pub struct ServerHandle {
+    addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), ServerError>>,
+}
+
+/// Starts [`run`] on `listener` on a new task and returns its handle: how
+/// tests, the clients' tests and benchmarks run a real server in-process.
+pub fn spawn(
+    listener: tokio::net::TcpListener,
+    config: Config,
+) -> Result<ServerHandle, ServerError> {
+    let addr = listener.local_addr().map_err(ServerError::LocalAddr)?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(run(listener, config, async move {
+        let _ = rx.await;
+    }));
+    Ok(ServerHandle {
+        addr,
+        shutdown: Some(tx),
+        task,
+    })
+}
+
+impl ServerHandle {
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Begins a graceful shutdown without waiting for it.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Shuts the server down gracefully and waits for [`run`] to return.
+    pub async fn stop(mut self) -> Result<(), ServerError> {
+        self.begin_shutdown();
+        self.join().await
+    }
+
+    /// Waits for [`run`] to return (after [`ServerHandle::begin_shutdown`]).
+    pub async fn join(self) -> Result<(), ServerError> {
+        self.task
+            .await
+            .map_err(|e| ServerError::Task(e.to_string()))?
+    }
 }
 
 /// Where `chat-srv` keeps its self-signed TLS certificate without

@@ -53,6 +53,9 @@ struct Args {
     /// Close connections silent for this many seconds; 0 turns it off.
     #[arg(long, value_name = "SECS", default_value_t = chat_srv::DEFAULT_IDLE_TIMEOUT.as_secs())]
     idle_timeout: u64,
+    /// Chat lines each room keeps for `/history` (while the room exists); 0 turns history off.
+    #[arg(long, value_name = "N", default_value_t = chat_srv::DEFAULT_HISTORY)]
+    history: usize,
     /// Worker threads; 0 picks half the CPU cores (at least one), leaving the rest
     /// to the kernel's network work, which is most of a chat server's cost.
     #[arg(long, value_name = "N", default_value_t = 0)]
@@ -110,6 +113,7 @@ async fn serve_on_runtime(args: Args) -> anyhow::Result<()> {
         queue: args.queue,
         rate: args.rate,
         idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
+        history: args.history,
     };
     let signals =
         transport::signal::shutdown().context("installing the SIGINT/SIGTERM handlers")?;

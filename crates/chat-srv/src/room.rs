@@ -1,15 +1,18 @@
-//! The shared registry of rooms and nicknames.
+//! The shared registry of rooms, nicknames and room history.
 //!
 //! One `std::sync::Mutex` guards it; every method locks, does a short
 //! in-memory change and unlocks, never across an `.await`. A room's member
 //! list is an `Arc<Vec<Peer>>`: a broadcast clones the `Arc` under the lock
 //! and delivers outside it, and joins and leaves change the list in place
-//! (`Arc::make_mut`) unless a broadcast still holds the old snapshot.
+//! (`Arc::make_mut`) unless a broadcast still holds the old snapshot. Each
+//! room keeps its last chat lines (already encoded as `~ [HH:MM] NICK: X`)
+//! in a ring of at most `--history` lines, for as long as the room exists.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
+use proto::chat::name_key;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_util::sync::CancellationToken;
 
@@ -36,21 +39,44 @@ pub(crate) enum RenameError {
     Taken,
 }
 
+/// One room: who is in it and what was said lately.
+#[derive(Default)]
+struct Room {
+    members: Members,
+    /// The last chat lines, oldest first, encoded as history lines.
+    history: VecDeque<Bytes>,
+}
+
 #[derive(Default)]
 struct Inner {
-    rooms: HashMap<Arc<str>, Members>,
-    /// Keyed by the lower-cased nickname: nicknames are unique ignoring case.
+    rooms: HashMap<Arc<str>, Room>,
+    /// Keyed by [`proto::chat::name_key`]: nicknames are unique ignoring
+    /// case (Unicode case folding) and normalisation.
     nicks: HashMap<Box<str>, Peer>,
     next_id: u64,
 }
 
 /// Rooms and nicknames of all connected clients.
-#[derive(Default)]
 pub(crate) struct Registry {
     inner: Mutex<Inner>,
+    /// Lines of history kept per room; 0 keeps none.
+    history: usize,
 }
 
 impl Registry {
+    /// An empty registry keeping `history` lines per room.
+    pub fn new(history: usize) -> Self {
+        Registry {
+            inner: Mutex::default(),
+            history,
+        }
+    }
+
+    /// True when rooms keep history.
+    pub fn keeps_history(&self) -> bool {
+        self.history > 0
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves plain maps behind, still
         // consistent enough to serve the other clients.
@@ -73,28 +99,58 @@ impl Registry {
         let peer = Peer { id, nick, tx, kick };
         inner
             .nicks
-            .insert(peer.nick.to_ascii_lowercase().into(), peer.clone());
+            .insert(name_key(&peer.nick).into(), peer.clone());
         let (room, members) = add_member(&mut inner, proto::chat::LOBBY, peer.clone());
         (peer, room, members)
     }
 
     /// The members of `room` (empty if it does not exist).
     pub fn members(&self, room: &str) -> Members {
-        self.lock().rooms.get(room).cloned().unwrap_or_default()
+        self.lock()
+            .rooms
+            .get(room)
+            .map(|r| r.members.clone())
+            .unwrap_or_default()
+    }
+
+    /// Records `line` (a history line, built by the caller outside the
+    /// lock) in `room`'s history and returns the room's members.
+    pub fn post(&self, room: &str, line: Option<Bytes>) -> Members {
+        let mut inner = self.lock();
+        let Some(r) = inner.rooms.get_mut(room) else {
+            return Members::default();
+        };
+        if let Some(line) = line.filter(|_| self.history > 0) {
+            if r.history.len() >= self.history {
+                r.history.pop_front();
+            }
+            r.history.push_back(line);
+        }
+        r.members.clone()
+    }
+
+    /// The last `n` history lines of `room`, oldest first.
+    pub fn history(&self, room: &str, n: usize) -> Vec<Bytes> {
+        let inner = self.lock();
+        let Some(r) = inner.rooms.get(room) else {
+            return Vec::new();
+        };
+        let skip = r.history.len().saturating_sub(n);
+        r.history.iter().skip(skip).cloned().collect()
     }
 
     /// Removes a client; returns the members left in its room.
     pub fn leave(&self, me: &Peer, room: &str) -> Members {
         let mut inner = self.lock();
-        inner.nicks.remove(me.nick.to_ascii_lowercase().as_str());
+        inner.nicks.remove(name_key(&me.nick).as_str());
         remove_member(&mut inner, room, me.id)
     }
 
     /// Changes a nickname (already validated); returns the room's members.
     pub fn rename(&self, me: &mut Peer, room: &str, new: &str) -> Result<Members, RenameError> {
         let mut inner = self.lock();
-        let new_key = new.to_ascii_lowercase();
-        let old_key = me.nick.to_ascii_lowercase();
+        let new_key = name_key(new);
+        let old_key = name_key(&me.nick);
         if new_key != old_key && inner.nicks.contains_key(new_key.as_str()) {
             return Err(RenameError::Taken);
         }
@@ -102,12 +158,12 @@ impl Registry {
         me.nick = new.into();
         inner.nicks.insert(new_key.into(), me.clone());
         let members = match inner.rooms.get_mut(room) {
-            Some(members) => {
-                let list = Arc::make_mut(members);
+            Some(r) => {
+                let list = Arc::make_mut(&mut r.members);
                 if let Some(p) = list.iter_mut().find(|p| p.id == me.id) {
                     p.nick = me.nick.clone();
                 }
-                members.clone()
+                r.members.clone()
             }
             None => Members::default(),
         };
@@ -129,7 +185,7 @@ impl Registry {
         let mut list: Vec<_> = inner
             .rooms
             .iter()
-            .map(|(name, m)| (name.clone(), m.len()))
+            .map(|(name, r)| (name.clone(), r.members.len()))
             .collect();
         drop(inner);
         list.sort_unstable();
@@ -138,10 +194,7 @@ impl Registry {
 
     /// The client known by `nick` (ignoring case), if connected.
     pub fn find(&self, nick: &str) -> Option<Peer> {
-        self.lock()
-            .nicks
-            .get(nick.to_ascii_lowercase().as_str())
-            .cloned()
+        self.lock().nicks.get(name_key(nick).as_str()).cloned()
     }
 }
 
@@ -150,25 +203,25 @@ fn add_member(inner: &mut Inner, room: &str, peer: Peer) -> (Arc<str>, Members) 
         Some((key, _)) => key.clone(),
         None => Arc::from(room),
     };
-    let members = inner.rooms.entry(key.clone()).or_default();
-    Arc::make_mut(members).push(peer);
-    (key, members.clone())
+    let r = inner.rooms.entry(key.clone()).or_default();
+    Arc::make_mut(&mut r.members).push(peer);
+    (key, r.members.clone())
 }
 
 fn remove_member(inner: &mut Inner, room: &str, id: u64) -> Members {
-    let Some(members) = inner.rooms.get_mut(room) else {
+    let Some(r) = inner.rooms.get_mut(room) else {
         return Members::default();
     };
-    let list = Arc::make_mut(members);
+    let list = Arc::make_mut(&mut r.members);
     if let Some(i) = list.iter().position(|p| p.id == id) {
         list.swap_remove(i);
     }
     if list.is_empty() {
-        // Rooms exist only while someone is in them.
+        // Rooms (and their history) exist only while someone is in them.
         inner.rooms.remove(room);
         return Members::default();
     }
-    members.clone()
+    r.members.clone()
 }
 
 /// Queues `line` for every member except `except`; a member whose queue is
@@ -210,7 +263,7 @@ mod tests {
 
     #[test]
     fn rooms_exist_while_occupied_and_nicks_are_unique_ignoring_case() {
-        let reg = Registry::default();
+        let reg = Registry::new(2);
         let (mut a, lobby, _ra) = new_client(&reg);
         let (mut b, _, _rb) = new_client(&reg);
         assert_eq!(&*a.nick, "guest-1");
@@ -230,8 +283,26 @@ mod tests {
     }
 
     #[test]
+    fn history_keeps_the_last_lines_of_a_room_while_it_exists() {
+        let reg = Registry::new(2);
+        let (a, lobby, _ra) = new_client(&reg);
+        for line in ["1", "2", "3"] {
+            reg.post(&lobby, Some(Bytes::from(line)));
+        }
+        assert_eq!(reg.history(&lobby, 10), vec!["2", "3"]);
+        assert_eq!(reg.history(&lobby, 1), vec!["3"]);
+        reg.leave(&a, &lobby);
+        let (_b, lobby, _rb) = new_client(&reg);
+        assert!(reg.history(&lobby, 10).is_empty());
+        let off = Registry::new(0);
+        let (_c, lobby, _rc) = new_client(&off);
+        off.post(&lobby, Some(Bytes::from("x")));
+        assert!(off.history(&lobby, 10).is_empty());
+    }
+
+    #[test]
     fn full_queue_kicks_only_that_member() {
-        let reg = Registry::default();
+        let reg = Registry::new(2);
         let (a, lobby, _ra) = new_client(&reg);
         let (b, _, mut rb) = new_client(&reg);
         let (_c, _, _rc) = new_client(&reg);

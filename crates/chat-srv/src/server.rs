@@ -15,36 +15,25 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use proto::chat::ServerLine;
+use proto::chat::{server_full_text, ServerLine, TLS_ON_PLAIN_ERROR};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
-use crate::room::Registry;
+use crate::shared::Shared;
 use crate::{Config, ServerError};
 
 /// How long sessions get to say goodbye after shutdown begins; the process
 /// promise is an exit within 2 s.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 
-/// State shared by all sessions.
-pub(crate) struct Shared {
-    pub config: Config,
-    pub registry: Registry,
-    pub shutdown: CancellationToken,
-}
-
 /// What the chat server tells clients on the wrong kind of port.
 pub fn hints() -> transport::Hints {
     transport::Hints {
         program: "chat-srv",
         carries: "chat lines",
-        tls_client_on_plain_port: ServerLine::Error(
-            "this port is plain text; TLS is on the port the server serves with --tls-port",
-        )
-        .to_bytes()
-        .to_vec(),
+        tls_client_on_plain_port: ServerLine::Error(TLS_ON_PLAIN_ERROR).to_bytes().to_vec(),
         plain_client_on_tls_port: ServerLine::Error(
             "this port speaks TLS: connect with chat-cli --tls, or openssl s_client -connect HOST:PORT",
         )
@@ -73,21 +62,17 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     for port in &ports {
         let addr = port.local_addr().map_err(ServerError::LocalAddr)?;
-        let kind = if port.is_tls() { "TLS" } else { "plain" };
-        info!("listening on {addr} ({kind})");
+        if port.is_tls() {
+            info!("listening with TLS on {addr}");
+        } else {
+            info!("listening on {addr}");
+        }
     }
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let full = format!(
-        "server full ({} clients), try again later",
-        config.max_clients
-    );
+    let full = server_full_text(config.max_clients);
     let gate = transport::Gate::new(config.max_clients, ServerLine::Error(&full).to_bytes());
-    let shared = Arc::new(Shared {
-        config,
-        registry: Registry::default(),
-        shutdown: token.clone(),
-    });
+    let shared = Arc::new(Shared::new(config, token.clone()));
 
     let handler = move |stream: transport::Stream| {
         // Replies are written whole; Nagle's delay would only add latency.

@@ -1,31 +1,39 @@
-//! One client connection, from welcome to goodbye.
+//! One client connection, from welcome to goodbye, over any byte stream
+//! (plain TCP or TLS: the session is generic over `S`).
 //!
-//! The stream is generic (plain TCP or TLS, see `transport::Stream`).
-//! A single task runs one `select!` loop over: a socket read, the client's
-//! bounded outgoing queue, the pause timer that completes an unterminated
-//! line ([`PARTIAL_LINE_PAUSE`]), the idle timer, the kick token (set by a
-//! sender that found this client's queue full) and server shutdown. Answers
-//! and queued lines are gathered into one output buffer and written with one
-//! `write_all`, so a burst costs one system call.
+//! A single task runs one `select!` loop ([`run_loop`]) over: bytes to read,
+//! the client's bounded outgoing queue, the pause timer that completes an
+//! unterminated line ([`PARTIAL_LINE_PAUSE`], only for clients that never
+//! sent `\n`), the idle timer, the kick token (set by a sender that found
+//! this client's queue full) and server shutdown. Answers and queued lines
+//! are gathered into one output buffer and written with one `write_all`, so
+//! a burst costs one system call. [`Conn`] holds the connection's buffers
+//! and does each step: flush, read and handle lines, pause, goodbye.
 //!
 //! Memory per idle connection is kept small on purpose: the read buffer
-//! starts at [`READ_CHUNK`], the
-//! output buffer only when there is something to write, and both are
-//! released after a burst leaves them large.
+//! gets its first bytes of capacity from the first read and grows by
+//! [`READ_CHUNK`] only while data flows, the output buffer is allocated only
+//! when there is something to write, and both are released after a burst
+//! leaves them large.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::BytesMut;
-use proto::chat::{ChatCodec, ClientLine, DecodedLine, ServerLine};
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt};
+use bytes::{Bytes, BytesMut};
+use proto::chat::{
+    check_text, idle_notice_text, looks_like_http, looks_like_tls, ChatCodec, ClientLine,
+    DecodedLine, ServerLine, SHUTDOWN_NOTICE, TLS_ON_PLAIN_ERROR, TOO_SLOW_ERROR,
+    WRONG_PROTOCOL_ERROR,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Duration, Instant};
+use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::commands::{apply, Member};
-use crate::server::Shared;
+use crate::shared::Shared;
 use crate::PARTIAL_LINE_PAUSE;
 
 /// Bytes reserved for each socket read.
@@ -56,6 +64,8 @@ enum End {
     Idle,
     /// The server is shutting down.
     Shutdown,
+    /// The first bytes were HTTP or TLS, not chat lines.
+    WrongProtocol,
 }
 
 impl End {
@@ -67,6 +77,7 @@ impl End {
             End::Slow => "too slow (outgoing queue full)",
             End::Idle => "idle timeout",
             End::Shutdown => "server shutdown",
+            End::WrongProtocol => "wrong protocol (HTTP or TLS)",
         }
     }
 }
@@ -106,43 +117,60 @@ struct Session {
     shared: Arc<Shared>,
     member: Member,
     rate: Option<RateLimit>,
+    /// True until the first line is handled: only a first line can reveal a
+    /// browser or `curl` (HTTP) on the chat port.
+    first_line: bool,
+}
+
+/// What one handled line asks of the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    Continue,
+    /// Close after writing the answers gathered so far.
+    Close(End),
 }
 
 impl Session {
-    /// Handles one decoded line; returns `true` when the client quits.
-    fn handle(&mut self, line: DecodedLine, out: &mut BytesMut) -> bool {
+    /// Handles one decoded line, appending its answer to `out`.
+    fn handle(&mut self, line: DecodedLine, out: &mut BytesMut) -> Next {
         let line = match line {
             Ok(line) => line,
             Err(e) => {
+                self.first_line = false;
                 ServerLine::Error(&e.to_string()).encode(out);
-                return false;
+                return Next::Continue;
             }
         };
+        if std::mem::take(&mut self.first_line) && looks_like_http(&line) {
+            ServerLine::Error(WRONG_PROTOCOL_ERROR).encode(out);
+            return Next::Close(End::WrongProtocol);
+        }
+        // Nothing that could act on another member's terminal is relayed:
+        // the whole line is refused, so no byte of it reaches anyone.
+        if let Err(e) = check_text(&line) {
+            ServerLine::Error(&e.to_string()).encode(out);
+            return Next::Continue;
+        }
         match ClientLine::parse(&line) {
-            Ok(ClientLine::Empty) => false,
-            Ok(ClientLine::Quit) => true,
+            Ok(ClientLine::Empty) => {}
+            Ok(ClientLine::Quit) => return Next::Close(End::Quit),
             Ok(_) | Err(_) if !self.rate.as_mut().map_or(true, RateLimit::allow) => {
                 let msg = format!(
                     "rate limit: at most {} lines per second, line dropped",
                     self.shared.config.rate
                 );
                 ServerLine::Error(&msg).encode(out);
-                false
             }
-            Ok(parsed) => {
-                apply(parsed, &mut self.member, &self.shared, out);
-                false
-            }
-            Err(e) => {
-                ServerLine::Error(&e.to_string()).encode(out);
-                false
-            }
+            Ok(parsed) => apply(parsed, &mut self.member, &self.shared, out),
+            Err(e) => ServerLine::Error(&e.to_string()).encode(out),
         }
+        Next::Continue
     }
 }
 
-/// Serves one connection (plain or TLS) until it ends; never returns an
-/// error, since a failing client concerns nobody else.
+/// Serves one connection until it ends; never returns an error, since a
+/// failing client concerns nobody else. The stream is plain TCP or TLS
+/// (`transport::Stream`); the accept loop holds the connection slot.
 pub(crate) async fn serve<S>(stream: S, peer: SocketAddr, shared: Arc<Shared>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -164,13 +192,20 @@ where
         // would force every later join to copy the room's member list.
         (me, room)
     };
-    let mut session = Session {
+    let session = Session {
         rate: RateLimit::new(shared.config.rate),
-        member: Member { peer: me, room },
+        member: Member {
+            peer: me,
+            room,
+            addr: peer,
+        },
         shared,
+        first_line: true,
     };
-    let end = run_loop(stream, rx, kick, &mut session).await;
-    let Session { shared, member, .. } = session;
+    let mut conn = Conn::new(stream, session);
+    let end = run_loop(&mut conn, rx, kick).await;
+    conn.goodbye(end).await;
+    let Session { shared, member, .. } = conn.session;
     let remaining = shared.registry.leave(&member.peer, &member.room);
     if end != End::Shutdown {
         crate::commands::notify_leave(&remaining, &member.peer.nick);
@@ -178,17 +213,179 @@ where
     info!(%peer, nick = %member.peer.nick, reason = end.as_str(), "disconnected");
 }
 
+/// One connection's stream, buffers and line state.
+struct Conn<S> {
+    stream: S,
+    codec: ChatCodec,
+    rbuf: BytesMut,
+    out: BytesMut,
+    session: Session,
+    /// When the last byte arrived (pause rule and idle timeout).
+    last_input: Instant,
+    /// Set when shutdown or a kick interrupted a write: the stream may end
+    /// mid-line, so no goodbye line is appended.
+    mid_write: bool,
+}
+
+/// What a read brought.
+enum Read {
+    /// Bytes arrived and were handled; the connection goes on.
+    Data,
+    /// The connection ends for this reason.
+    End(End),
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    fn new(stream: S, session: Session) -> Self {
+        let mut out = BytesMut::new();
+        ServerLine::Welcome.encode(&mut out);
+        Conn {
+            stream,
+            codec: ChatCodec::new(session.shared.config.max_line),
+            rbuf: BytesMut::new(),
+            out,
+            session,
+            last_input: Instant::now(),
+            mid_write: false,
+        }
+    }
+
+    /// Gathers whatever the room queued for this client into the pending write.
+    fn gather(&mut self, rx: &mut mpsc::Receiver<Bytes>) {
+        while self.out.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(line) => self.out.extend_from_slice(&line),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Writes the pending output (cancel-safe only in that a cancelled
+    /// write leaves the stream mid-line; see `mid_write`).
+    async fn flush(&mut self) -> std::io::Result<()> {
+        self.stream.write_all(&self.out).await?;
+        // A TLS stream may hold the end of a write back until flushed.
+        self.stream.flush().await?;
+        self.out.clear();
+        if self.out.capacity() > KEEP_CAPACITY {
+            self.out = BytesMut::new();
+        }
+        Ok(())
+    }
+
+    /// Reads what is there and handles every complete line in it.
+    async fn read(&mut self) -> Read {
+        // An idle connection holds no read buffer: the first read allocates
+        // a few bytes, and only a flowing connection grows it.
+        if self.rbuf.capacity() > 0 && self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 2 {
+            self.rbuf.reserve(READ_CHUNK);
+        }
+        match self.stream.read_buf(&mut self.rbuf).await {
+            Ok(0) => Read::End(self.end_of_stream()),
+            Ok(_) => {
+                self.last_input = Instant::now();
+                match self.handle_lines() {
+                    Next::Continue => Read::Data,
+                    Next::Close(end) => Read::End(end),
+                }
+            }
+            Err(_) => Read::End(End::Io),
+        }
+    }
+
+    fn handle_lines(&mut self) -> Next {
+        if self.session.first_line && looks_like_tls(&self.rbuf) {
+            self.rbuf.clear();
+            ServerLine::Error(TLS_ON_PLAIN_ERROR).encode(&mut self.out);
+            return Next::Close(End::WrongProtocol);
+        }
+        while let Ok(Some(line)) = self.codec.decode(&mut self.rbuf) {
+            if let Next::Close(end) = self.session.handle(line, &mut self.out) {
+                return Next::Close(end);
+            }
+        }
+        if !self.codec.has_partial(&self.rbuf)
+            && self.rbuf.is_empty()
+            && self.rbuf.capacity() > KEEP_CAPACITY
+        {
+            self.rbuf = BytesMut::new();
+        }
+        Next::Continue
+    }
+
+    /// The client closed its side: a last unterminated line still counts.
+    fn end_of_stream(&mut self) -> End {
+        while let Ok(Some(line)) = self.codec.decode_eof(&mut self.rbuf) {
+            if let Next::Close(end) = self.session.handle(line, &mut self.out) {
+                return end;
+            }
+        }
+        End::Eof
+    }
+
+    /// True when the pause rule applies now: part of a line is buffered and
+    /// the client has never ended a line with `\n` (the tutorial's client).
+    fn wants_pause(&self) -> bool {
+        self.codec.has_partial(&self.rbuf) && !self.codec.has_seen_newline()
+    }
+
+    /// The pause elapsed: the buffered bytes are a complete line, unless
+    /// they end inside a multi-byte character (the next read re-arms).
+    fn on_pause(&mut self) -> Next {
+        if self.codec.partial_ends_mid_char(&self.rbuf) {
+            return Next::Continue;
+        }
+        match self.codec.take_partial(&mut self.rbuf) {
+            Some(line) => self.session.handle(line, &mut self.out),
+            None => Next::Continue,
+        }
+    }
+
+    /// Sends the last line `end` calls for after what is already gathered,
+    /// and closes the sending side, within [`GOODBYE_TIMEOUT`].
+    async fn goodbye(&mut self, end: End) {
+        let last = match end {
+            End::Shutdown => Some(ServerLine::Notice(SHUTDOWN_NOTICE).to_bytes()),
+            End::Idle => {
+                let secs = self
+                    .session
+                    .shared
+                    .config
+                    .idle_timeout
+                    .unwrap_or_default()
+                    .as_secs_f64();
+                Some(ServerLine::Notice(&idle_notice_text(secs)).to_bytes())
+            }
+            End::Slow => Some(ServerLine::Error(TOO_SLOW_ERROR).to_bytes()),
+            End::Quit | End::Eof | End::Io | End::WrongProtocol => None,
+        };
+        let write = match (&last, end) {
+            _ if self.mid_write => false,
+            (Some(line), _) => {
+                self.out.extend_from_slice(line);
+                true
+            }
+            (None, End::Quit | End::Eof | End::WrongProtocol) => !self.out.is_empty(),
+            (None, _) => false,
+        };
+        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
+            if write {
+                self.stream.write_all(&self.out).await?;
+            }
+            self.stream.shutdown().await
+        })
+        .await;
+    }
+}
+
+/// The session's event loop; returns why it ended (the goodbye is sent by
+/// the caller).
 async fn run_loop<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
-    mut rx: mpsc::Receiver<bytes::Bytes>,
+    conn: &mut Conn<S>,
+    mut rx: mpsc::Receiver<Bytes>,
     kick: CancellationToken,
-    session: &mut Session,
 ) -> End {
-    let shutdown = session.shared.shutdown.clone();
-    // Registered once for the whole session: re-creating the wait on every
-    // loop turn costs a lock and an unlink each time.
-    let stop = kick.cancelled();
-    tokio::pin!(stop);
+    let shutdown = conn.session.shared.shutdown.clone();
     let stop_reason = || {
         if shutdown.is_cancelled() {
             End::Shutdown
@@ -196,170 +393,68 @@ async fn run_loop<S: AsyncRead + AsyncWrite + Unpin>(
             End::Slow
         }
     };
-    let idle_timeout = session.shared.config.idle_timeout;
-    let mut codec = ChatCodec::new(session.shared.config.max_line);
-    let mut rbuf = BytesMut::new();
-    let mut out = BytesMut::new();
-    ServerLine::Welcome.encode(&mut out);
-
-    let mut last_input = Instant::now();
-    let pause = sleep_until(last_input);
+    // Registered once for the whole session: re-creating the wait on every
+    // loop turn costs a lock and an unlink each time.
+    let stop = kick.cancelled();
+    tokio::pin!(stop);
+    let idle_timeout = conn.session.shared.config.idle_timeout;
+    // Both timers are armed once and moved forward lazily, so a stream of
+    // reads does not touch the timer wheel each time.
+    let pause = sleep_until(conn.last_input);
     tokio::pin!(pause);
     let mut pause_armed = false;
-    let idle = sleep_until(last_input + idle_timeout.unwrap_or(Duration::ZERO));
+    let idle = sleep_until(conn.last_input + idle_timeout.unwrap_or(Duration::ZERO));
     tokio::pin!(idle);
 
-    let end = loop {
-        // Gather whatever the room queued for this client into the same write.
-        while out.len() < WRITE_BATCH {
-            match rx.try_recv() {
-                Ok(line) => out.extend_from_slice(&line),
-                Err(_) => break,
-            }
-        }
-        if !out.is_empty() {
-            let written = tokio::select! {
+    loop {
+        conn.gather(&mut rx);
+        if !conn.out.is_empty() {
+            tokio::select! {
                 biased;
-                () = &mut stop => return goodbye(stream, None, stop_reason()).await,
-                // Flushed: a TLS stream may hold the end of a write until then.
-                res = async {
-                    stream.write_all(&out).await?;
-                    stream.flush().await
-                } => res,
-            };
-            if written.is_err() {
-                break End::Io;
+                () = &mut stop => {
+                    conn.mid_write = true;
+                    return stop_reason();
+                }
+                res = conn.flush() => if res.is_err() {
+                    return End::Io;
+                },
             }
-            out.clear();
-            if out.capacity() > KEEP_CAPACITY {
-                out = BytesMut::new();
-            }
-        }
-
-        if rbuf.capacity() - rbuf.len() < READ_CHUNK / 2 {
-            rbuf.reserve(READ_CHUNK);
         }
         tokio::select! {
             biased;
-            () = &mut stop => break stop_reason(),
-            read = stream.read_buf(&mut rbuf) => {
-                match read {
-                    Ok(0) => {
-                        // End of stream: a last unterminated line still counts.
-                        let mut quit = false;
-                        while let Ok(Some(line)) = decode_eof(&mut codec, &mut rbuf) {
-                            if session.handle(line, &mut out) {
-                                quit = true;
-                                break;
-                            }
-                        }
-                        let _ = stream.write_all(&out).await;
-                        break if quit { End::Quit } else { End::Eof };
-                    }
-                    Ok(_) => {
-                        last_input = Instant::now();
-                        let mut quit = false;
-                        while let Ok(Some(line)) = tokio_util::codec::Decoder::decode(&mut codec, &mut rbuf) {
-                            if session.handle(line, &mut out) {
-                                quit = true;
-                                break;
-                            }
-                        }
-                        if quit {
-                            break End::Quit;
-                        }
-                        if codec.has_partial(&rbuf) {
-                            if !pause_armed {
-                                pause.as_mut().reset(last_input + PARTIAL_LINE_PAUSE);
-                                pause_armed = true;
-                            }
-                        } else {
-                            pause_armed = false;
-                            if rbuf.is_empty() && rbuf.capacity() > KEEP_CAPACITY {
-                                rbuf = BytesMut::new();
-                            }
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(_) => break End::Io,
-                }
-            }
+            () = &mut stop => return stop_reason(),
+            read = conn.read() => match read {
+                Read::End(end) => return end,
+                Read::Data if conn.wants_pause() => if !pause_armed {
+                    pause.as_mut().reset(conn.last_input + PARTIAL_LINE_PAUSE);
+                    pause_armed = true;
+                },
+                Read::Data => pause_armed = false,
+            },
             line = rx.recv() => match line {
-                Some(line) => out.extend_from_slice(&line),
+                Some(line) => conn.out.extend_from_slice(&line),
                 // The registry holds the sender until this session leaves.
-                None => break End::Slow,
+                None => return End::Slow,
             },
             () = &mut pause, if pause_armed => {
-                // The timer is armed once and moved forward lazily, so a
-                // stream of reads does not touch the timer wheel each time.
-                let due = last_input + PARTIAL_LINE_PAUSE;
+                let due = conn.last_input + PARTIAL_LINE_PAUSE;
                 if Instant::now() < due {
                     pause.as_mut().reset(due);
                 } else {
                     pause_armed = false;
-                    if let Some(line) = codec.take_partial(&mut rbuf) {
-                        if session.handle(line, &mut out) {
-                            break End::Quit;
-                        }
+                    if let Next::Close(end) = conn.on_pause() {
+                        return end;
                     }
                 }
             }
             () = &mut idle, if idle_timeout.is_some() => {
-                let due = last_input + idle_timeout.unwrap_or_default();
+                let due = conn.last_input + idle_timeout.unwrap_or_default();
                 if Instant::now() < due {
                     idle.as_mut().reset(due);
                 } else {
-                    break End::Idle;
+                    return End::Idle;
                 }
             }
         }
-    };
-    let last = match end {
-        End::Shutdown => Some(ServerLine::Notice("server is shutting down, goodbye").to_bytes()),
-        End::Idle => {
-            let secs = idle_timeout.unwrap_or_default().as_secs_f64();
-            Some(
-                ServerLine::Notice(&format!("idle for {secs} s, closing the connection"))
-                    .to_bytes(),
-            )
-        }
-        End::Slow => {
-            Some(ServerLine::Error("too slow: outgoing queue full, disconnecting").to_bytes())
-        }
-        End::Quit | End::Eof | End::Io => None,
-    };
-    match last {
-        Some(line) => {
-            // Lines already gathered go first, so the goodbye is the last line.
-            out.extend_from_slice(&line);
-            goodbye(stream, Some(out), end).await
-        }
-        None => {
-            if end == End::Quit && !out.is_empty() {
-                let _ = tokio::time::timeout(GOODBYE_TIMEOUT, stream.write_all(&out)).await;
-            }
-            let _ = tokio::time::timeout(GOODBYE_TIMEOUT, stream.shutdown()).await;
-            end
-        }
     }
-}
-
-fn decode_eof(
-    codec: &mut ChatCodec,
-    buf: &mut BytesMut,
-) -> Result<Option<DecodedLine>, proto::chat::ChatCodecError> {
-    tokio_util::codec::Decoder::decode_eof(codec, buf)
-}
-
-/// Writes the final lines (if the stream is not mid-write) and closes the
-/// sending side, within [`GOODBYE_TIMEOUT`].
-async fn goodbye<S: AsyncWrite + Unpin>(mut stream: S, out: Option<BytesMut>, end: End) -> End {
-    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
-        if let Some(out) = out {
-            stream.write_all(&out).await?;
-        }
-        stream.shutdown().await
-    })
-    .await;
-    end
 }

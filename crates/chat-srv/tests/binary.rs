@@ -1,9 +1,11 @@
 //! The `chat-srv` executable itself (`CARGO_BIN_EXE_chat-srv`): `--help`,
-//! the bind error and its exit code, and SIGTERM → goodbye notice → exit 0.
+//! the bind error and its exit code, SIGTERM → goodbye notice → exit 0, and
+//! what the debug log shows.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 fn srv(args: &[&str]) -> Child {
@@ -29,9 +31,57 @@ fn wait_within(mut child: Child, limit: Duration) -> std::process::Output {
     child.wait_with_output().expect("output")
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
+/// Starts `chat-srv -p 0` (the kernel picks a free port, so no other test
+/// can take it first) with `env`; returns the child, its port and its log
+/// lines, which a thread keeps reading until the process exits.
+fn start_on_free_port(env: &[(&str, &str)]) -> (Child, u16, mpsc::Receiver<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chat-srv"))
+        .args(["-p", "0"])
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn chat-srv");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let port = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .expect("chat-srv logs where it listens");
+        if let Some((_, addr)) = line.split_once("listening on ") {
+            let addr: std::net::SocketAddr = addr.trim().parse().expect("an address");
+            break addr.port();
+        }
+    };
+    (child, port, rx)
+}
+
+/// Connects and reads the welcome.
+fn connect(port: u16) -> BufReader<TcpStream> {
+    let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("welcome");
+    assert_eq!(line, "欢迎来到简单的聊天室..\n");
+    reader
+}
+
+fn sigterm(child: &Child) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("send SIGTERM");
 }
 
 #[test]
@@ -76,31 +126,11 @@ fn usage_error_exits_2() {
 
 #[test]
 fn sigterm_sends_the_goodbye_and_exits_0_within_2_seconds() {
-    let port = free_port();
-    let child = srv(&["-p", &port.to_string()]);
-    // Ready when a connection succeeds (bounded polling, no fixed sleep).
-    let started = Instant::now();
-    let stream = loop {
-        match TcpStream::connect(("127.0.0.1", port)) {
-            Ok(s) => break s,
-            Err(_) if started.elapsed() < Duration::from_secs(10) => {
-                std::thread::sleep(Duration::from_millis(10))
-            }
-            Err(e) => panic!("chat-srv never accepted: {e}"),
-        }
-    };
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line).expect("welcome");
-    assert_eq!(line, "欢迎来到简单的聊天室..\n");
-
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let (child, port, log) = start_on_free_port(&[]);
+    let mut reader = connect(port);
     let signalled = Instant::now();
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("send SIGTERM");
-    line.clear();
+    sigterm(&child);
+    let mut line = String::new();
     reader.read_line(&mut line).expect("goodbye");
     assert_eq!(line, "* server is shutting down, goodbye\n");
     line.clear();
@@ -108,13 +138,40 @@ fn sigterm_sends_the_goodbye_and_exits_0_within_2_seconds() {
     let out = wait_within(child, Duration::from_secs(2));
     assert!(signalled.elapsed() < Duration::from_secs(2));
     assert_eq!(out.status.code(), Some(0));
-    let log = String::from_utf8_lossy(&out.stderr);
+    let log: Vec<String> = log.iter().collect();
     assert!(
-        log.contains(&format!("listening on 127.0.0.1:{port}")),
-        "{log}"
+        log.iter().any(|l| l.contains("connected"))
+            && log.iter().any(|l| l.contains("disconnected")),
+        "{log:?}"
     );
+}
+
+#[test]
+fn debug_log_shows_nick_changes_and_room_moves_but_never_message_text() {
+    let (child, port, log) = start_on_free_port(&[("RUST_LOG", "debug")]);
+    let mut reader = connect(port);
+    for (line, answer) in [
+        ("/nick alice", "+ you are now alice"),
+        ("/join dev", "+ you are now in dev (1 member)"),
+        ("secret words", "secret words,你好"),
+    ] {
+        reader
+            .get_mut()
+            .write_all(format!("{line}\n").as_bytes())
+            .expect("send");
+        let mut got = String::new();
+        reader.read_line(&mut got).expect("answer");
+        assert_eq!(got.trim_end(), answer);
+    }
+    sigterm(&child);
+    let out = wait_within(child, Duration::from_secs(2));
+    assert_eq!(out.status.code(), Some(0));
+    let log: Vec<String> = log.iter().collect();
+    let has = |needle: &str| log.iter().any(|l| l.contains(needle));
+    assert!(has("nick changed") && has("new=alice"), "{log:?}");
+    assert!(has("moved") && has("to=dev"), "{log:?}");
     assert!(
-        log.contains("connected") && log.contains("disconnected"),
-        "{log}"
+        !has("secret words"),
+        "message text must not be logged: {log:?}"
     );
 }

@@ -6,16 +6,14 @@
 //! `SOAK=1` (set by `cargo xtask soak`) selects the full size of 2,000
 //! clients for 60 s with 50 churning clients. Waits are bounded.
 
-mod common;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::{start_server, start_with, Client, WAIT};
 use chat_srv::Config;
-use common::{start_server, start_with, Client, WAIT};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -83,6 +81,7 @@ async fn slowloris_one_byte_per_second_is_timed_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_garbage_connections_leave_a_good_client_served_in_time() {
+    let _heavy = crate::common::HEAVY.read().await;
     let server = start_server().await;
     let began = Instant::now();
     let mut c = Client::connect(server.addr).await;
@@ -233,7 +232,7 @@ async fn steady(
     let mut buf = Vec::new();
     assert_eq!(
         read_line(&mut r, &mut buf).await.as_deref(),
-        Some(common::WELCOME)
+        Some(crate::common::WELCOME)
     );
     let room = i % load.rooms;
     w.write_all(format!("/join room-{room}\n").as_bytes())
@@ -385,6 +384,7 @@ async fn until_prefix(c: &mut Client, prefix: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rooms_under_load_with_churn_lose_and_reorder_nothing() {
+    let _alone = crate::common::HEAVY.write().await;
     let load = Load::from_env();
     // Queues get room for scheduling hiccups of a loaded test machine: this
     // test is about loss and order, the slow-consumer rule has its own test.
@@ -449,5 +449,39 @@ async fn rooms_under_load_with_churn_lose_and_reorder_nothing() {
         rss_end <= rss_warm + rss_warm / 2 + 32 * 1024,
         "memory grew from {rss_warm} KiB to {rss_end} KiB"
     );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn forged_notice_with_control_characters_relays_nothing() {
+    let server = start_server().await;
+    let mut mallory = Client::connect(server.addr).await;
+    let mut bob = Client::connect(server.addr).await;
+    // Mallory hears bob arrive; bob's lines from now on are what he sees.
+    until_prefix(&mut mallory, "* ").await;
+    let attacks: [&[u8]; 6] = [
+        b"hi\r\x1b[2K* mallory left\n",
+        b"\x1b]0;pwned\x07title\n",
+        b"bell\x07\n",
+        "c1 \u{9b}31m red\n".as_bytes(),
+        "bidi \u{202e}txt.exe\n".as_bytes(),
+        b"/msg guest-2 \x1b[31mred\n",
+    ];
+    for attack in attacks {
+        mallory.send_raw(attack).await;
+        let answer = mallory.line().await;
+        assert!(
+            answer.starts_with("! line refused: it holds the control character U+"),
+            "{answer:?}"
+        );
+    }
+    // A nick with an escape is refused the same way, before the name rule.
+    mallory.send_raw(b"/nick \x1bx\n").await;
+    assert!(mallory.line().await.starts_with("! line refused"));
+    // A tab is text, and the next thing bob sees is this plain line: none of
+    // the attacks reached him.
+    assert_eq!(mallory.ask("plain\ttext").await, "plain\ttext,你好");
+    let seen = bob.line().await;
+    assert!(seen.ends_with(": plain\ttext"), "{seen:?}");
     server.stop().await;
 }

@@ -2,12 +2,10 @@
 //! TCP sockets. Every wait is bounded (see `common::WAIT`); tests synchronise
 //! on lines arriving, never on sleeps.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
+use crate::common::{start_server, start_with, Client, WAIT, WELCOME};
 use chat_srv::Config;
-use common::{start_server, start_with, Client, WAIT, WELCOME};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -80,6 +78,36 @@ async fn legacy_lock_step_client_without_newlines_works_for_a_whole_session() {
     server.stop().await;
 }
 
+/// The pause is the input under test here, so these two tests sleep to
+/// make it: a gap longer than the pause rule's.
+const LONG_GAP: Duration = Duration::from_millis(200);
+
+#[tokio::test]
+async fn a_pause_inside_a_line_of_a_client_that_sent_a_newline_does_not_cut_it() {
+    assert!(LONG_GAP > chat_srv::PARTIAL_LINE_PAUSE);
+    let server = start_server().await;
+    let mut c = Client::connect(server.addr).await;
+    assert_eq!(c.ask("first").await, "first,你好");
+    c.send_raw(b"hel").await;
+    tokio::time::sleep(LONG_GAP).await;
+    c.send_raw(b"lo\n").await;
+    assert_eq!(c.line().await, "hello,你好");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_pause_inside_a_character_of_a_legacy_client_loses_nothing() {
+    let server = start_server().await;
+    let mut c = Client::connect(server.addr).await;
+    let ni = "你".as_bytes();
+    c.send_raw(&ni[..1]).await;
+    tokio::time::sleep(LONG_GAP).await;
+    c.send_raw(&ni[1..]).await;
+    // No newline ever: the pause after the whole character ends the line.
+    assert_eq!(c.line().await, "你,你好");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn unterminated_last_line_is_answered_at_end_of_stream() {
     let server = start_server().await;
@@ -93,6 +121,7 @@ async fn unterminated_last_line_is_answered_at_end_of_stream() {
 
 #[tokio::test]
 async fn two_hundred_concurrent_clients_each_get_exactly_their_own_replies() {
+    let _heavy = crate::common::HEAVY.read().await;
     // Everyone is in the lobby and sees everyone's messages, so give the
     // queues room: this test is about replies, not slow consumers.
     let server = start_with(Config {
@@ -183,9 +212,9 @@ async fn nick_join_rooms_and_who_commands() {
         "! nickname Alice is taken, choose another"
     );
     assert!(b
-        .ask("/nick 9lives")
+        .ask("/nick a:b")
         .await
-        .starts_with("! invalid nickname \"9lives\""));
+        .starts_with("! invalid nickname \"a:b\""));
     assert!(b
         .ask("/nick guest-9")
         .await
@@ -193,8 +222,8 @@ async fn nick_join_rooms_and_who_commands() {
     assert_eq!(b.ask("/nick").await, "! usage: /nick NAME");
     assert_eq!(b.ask("/who").await, "+ 2 in lobby: alice, guest-2");
 
-    assert_eq!(a.ask("/join Dev").await, "+ you are now in dev (1 members)");
-    assert_eq!(b.line().await, "* alice left");
+    assert_eq!(a.ask("/join Dev").await, "+ you are now in dev (1 member)");
+    assert_eq!(b.line().await, "* alice left for dev");
     assert_eq!(a.ask("/join dev").await, "! you are already in dev");
     assert!(a
         .ask("/join no spaces")
@@ -208,7 +237,7 @@ async fn nick_join_rooms_and_who_commands() {
     assert_eq!(a.line().await, "* guest-2 joined");
     assert_eq!(a.ask("/who").await, "+ 2 in dev: alice, guest-2");
     // The lobby is gone once empty.
-    assert_eq!(a.ask("/rooms").await, "+ 1 rooms: dev (2)");
+    assert_eq!(a.ask("/rooms").await, "+ 1 room: dev (2)");
     assert!(a.ask("/help").await.starts_with("+ commands: /nick NAME"));
     assert!(a
         .ask("/dance")
@@ -221,6 +250,7 @@ async fn nick_join_rooms_and_who_commands() {
 
 #[tokio::test]
 async fn a_client_that_never_reads_is_dropped_while_others_get_replies_in_time() {
+    let _heavy = crate::common::HEAVY.read().await;
     let server = start_with(Config {
         queue: 16,
         rate: 0,
@@ -408,4 +438,107 @@ async fn ipv6_loopback_serves_like_ipv4() {
     let _ = tx.send(());
     let res = tokio::time::timeout(WAIT, server).await.expect("stops");
     res.expect("no panic").expect("run returns Ok");
+}
+
+#[tokio::test]
+async fn unicode_names_are_case_blind_and_commands_ignore_case() {
+    let server = start_server().await;
+    let mut a = Client::connect(server.addr).await;
+    let mut b = Client::connect(server.addr).await;
+    a.until("* guest-2 joined").await;
+    assert_eq!(a.ask("/nick 小明").await, "+ you are now 小明");
+    assert_eq!(b.line().await, "* guest-1 is now 小明");
+    assert_eq!(b.ask("/NICK Alice").await, "+ you are now Alice");
+    assert_eq!(a.line().await, "* guest-2 is now Alice");
+    assert_eq!(
+        a.ask("/nick alice").await,
+        "! nickname alice is taken, choose another"
+    );
+    assert_eq!(a.ask("/Msg ALICE hi").await, "+ sent to Alice");
+    assert_eq!(b.line().await, "[pm] 小明: hi");
+    assert_eq!(
+        a.ask("/Join 房间").await,
+        "+ you are now in 房间 (1 member)"
+    );
+    assert_eq!(b.line().await, "* 小明 left for 房间");
+    assert_eq!(a.ask("/WHO").await, "+ 1 in 房间: 小明");
+    // A line of spaces is an empty line: no answer, nothing relayed.
+    a.send("   ").await;
+    assert_eq!(a.ask("next").await, "next,你好");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn history_sends_the_room_s_last_lines_then_one_answer() {
+    let server = start_with(Config {
+        history: 3,
+        ..Config::default()
+    })
+    .await;
+    let mut a = Client::connect(server.addr).await;
+    assert_eq!(a.ask("/nick alice").await, "+ you are now alice");
+    for m in ["one", "two", "three", "four"] {
+        assert_eq!(a.ask(m).await, format!("{m},你好"));
+    }
+    // A newcomer gets nothing unasked, then the history on request.
+    let mut b = Client::connect(server.addr).await;
+    assert_eq!(b.ask("hi").await, "hi,你好");
+    b.send("/history 2").await;
+    let lines = b.until("+ 2 lines of history in lobby").await;
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for (line, text) in lines.iter().zip(["four", "guest-2: hi"]) {
+        let (time, rest) = line
+            .strip_prefix("~ [")
+            .and_then(|l| l.split_once("] "))
+            .expect("~ [HH:MM] form");
+        assert_eq!(time.len(), 5, "{line:?}");
+        let want = if text.contains(':') {
+            text.to_owned()
+        } else {
+            format!("alice: {text}")
+        };
+        assert_eq!(rest, want);
+    }
+    b.send("/history").await;
+    assert_eq!(b.until("+ 3 lines of history in lobby").await.len(), 3);
+    server.stop().await;
+
+    let off = start_with(Config {
+        history: 0,
+        ..Config::default()
+    })
+    .await;
+    let mut c = Client::connect(off.addr).await;
+    assert_eq!(c.ask("x").await, "x,你好");
+    assert!(c
+        .ask("/history")
+        .await
+        .starts_with("+ this server keeps no history"));
+    off.stop().await;
+}
+
+#[tokio::test]
+async fn an_http_request_line_gets_one_error_line_and_a_close() {
+    let server = start_server().await;
+    let mut c = Client::connect(server.addr).await;
+    c.send_raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(
+        c.line().await,
+        "! this is a chat server: plain text lines, try nc or chat-cli"
+    );
+    c.expect_eof().await;
+    // A TLS ClientHello gets the same kind of hint.
+    let mut t = Client::connect(server.addr).await;
+    t.send_raw(&[0x16, 0x03, 0x01, 0x00, 0x05, 0x01, 0x00, 0x00, 0x01, 0x00])
+        .await;
+    assert!(t
+        .line()
+        .await
+        .starts_with("! this is a plain-text chat server, not TLS"));
+    t.expect_eof().await;
+    // A later HTTP-looking line is just a message.
+    let mut m = Client::connect(server.addr).await;
+    assert_eq!(m.ask("hi").await, "hi,你好");
+    assert_eq!(m.ask("GET / HTTP/1.1").await, "GET / HTTP/1.1,你好");
+    server.stop().await;
 }

@@ -21,6 +21,9 @@ use tokio_util::codec::{Decoder, Encoder};
 /// Default maximum length of one line in bytes, without its `\n` or `\r\n`.
 pub const MAX_LINE_LEN: usize = 4096;
 
+/// TCP port of the chat service unless told otherwise.
+pub const DEFAULT_PORT: u16 = 8888;
+
 /// The first line a server sends on every accepted connection.
 pub const WELCOME: &str = "欢迎来到简单的聊天室..";
 
@@ -39,17 +42,117 @@ pub const OK_PREFIX: &str = "+ ";
 /// Prefix of a private message received from another client.
 pub const PRIVATE_PREFIX: &str = "[pm] ";
 
+/// Prefix of a line of room history sent in answer to `/history`.
+pub const HISTORY_PREFIX: &str = "~ ";
+
+/// The last line before a graceful server shutdown closes the connection
+/// (sent as a notice).
+pub const SHUTDOWN_NOTICE: &str = "server is shutting down, goodbye";
+
+/// The last line to a client whose outgoing queue overflowed (an error).
+pub const TOO_SLOW_ERROR: &str = "too slow: outgoing queue full, disconnecting";
+
+/// The answer to a first line that speaks HTTP, or to TLS bytes, on the
+/// plain chat port (an error; the connection is then closed).
+pub const WRONG_PROTOCOL_ERROR: &str =
+    "this is a chat server: plain text lines, try nc or chat-cli";
+
+/// The answer to a TLS ClientHello on the plain chat port.
+pub const TLS_ON_PLAIN_ERROR: &str =
+    "this is a plain-text chat server, not TLS: try nc or chat-cli without TLS";
+
+/// The refusal sent instead of the welcome when the server has
+/// `max_clients` connections already; the connection is then closed.
+pub fn server_full_text(max_clients: usize) -> String {
+    format!("server full ({max_clients} clients), try again later")
+}
+
+/// The notice sent before an idle connection is closed.
+pub fn idle_notice_text(idle_secs: f64) -> String {
+    format!("idle for {idle_secs} s, closing the connection")
+}
+
+/// `1 member`, `2 members`: a count with its noun in the right number.
+pub fn count(n: usize, singular: &str, plural: &str) -> String {
+    if n == 1 {
+        format!("{n} {singular}")
+    } else {
+        format!("{n} {plural}")
+    }
+}
+
+/// True when `line` (the first line of a connection) is an HTTP request
+/// line such as `GET / HTTP/1.1`: a browser or `curl` reached the chat port.
+pub fn looks_like_http(line: &str) -> bool {
+    const METHODS: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    let mut words = line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (words.next(), words.next(), words.next(), words.next())
+    else {
+        return false;
+    };
+    METHODS.contains(&method) && !target.is_empty() && version.starts_with("HTTP/")
+}
+
+/// True when `bytes` (the first bytes of a connection) start like a TLS
+/// record carrying a handshake (a ClientHello): content type 22, version 3.x.
+pub fn looks_like_tls(bytes: &[u8]) -> bool {
+    matches!(bytes, [0x16, 0x03, ..])
+}
+
 /// The room every client starts in.
 pub const LOBBY: &str = "lobby";
 
-/// Longest accepted nickname, in bytes (nicknames are ASCII).
-pub const MAX_NICK_LEN: usize = 16;
+/// Longest accepted nickname or room name, in characters (after NFC).
+pub const MAX_NAME_CHARS: usize = 32;
 
-/// Longest accepted room name, in bytes (room names are ASCII).
-pub const MAX_ROOM_LEN: usize = 32;
+/// How many lines of room history `/history` sends when no count is given.
+pub const DEFAULT_HISTORY_REQUEST: usize = 20;
 
 /// Nicknames starting with this prefix are assigned by the server only.
 pub const GUEST_PREFIX: &str = "guest-";
+
+/// True for a character that may never reach a terminal through the chat:
+/// a C0 control other than TAB (so also a lone `\r`), DEL, a C1 control
+/// (U+0080–U+009F), or a bidi embedding, override or isolate (U+202A–U+202E,
+/// U+2066–U+2069). Such characters can forge lines (`\r` then a fake
+/// notice), repaint the screen (escape sequences) or reorder what is shown.
+pub fn is_forbidden_char(c: char) -> bool {
+    matches!(c, '\0'..='\x08' | '\x0a'..='\x1f' | '\x7f' | '\u{80}'..='\u{9f}'
+        | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// A character refused because it could act on a terminal (see
+/// [`is_forbidden_char`]); the line holding it is not relayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("line refused: it holds the control character {}, which is not relayed (send plain text)", char_name(*.0))]
+pub struct ForbiddenChar(pub char);
+
+/// `U+001B (ESC)`-style name of a character, for error lines.
+fn char_name(c: char) -> String {
+    let short = match c {
+        '\0' => " (NUL)",
+        '\x07' => " (BEL)",
+        '\x08' => " (BS)",
+        '\r' => " (CR)",
+        '\x1b' => " (ESC)",
+        '\x7f' => " (DEL)",
+        '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' => " (bidi control)",
+        _ => "",
+    };
+    format!("U+{:04X}{short}", u32::from(c))
+}
+
+/// Checks that `text` holds nothing but text: returns the first forbidden
+/// character (see [`is_forbidden_char`]) as an error.
+pub fn check_text(text: &str) -> Result<(), ForbiddenChar> {
+    match text.chars().find(|&c| is_forbidden_char(c)) {
+        Some(c) => Err(ForbiddenChar(c)),
+        None => Ok(()),
+    }
+}
 
 /// A problem with one line; the stream itself stays usable.
 ///
@@ -97,6 +200,9 @@ pub struct ChatCodec {
     next_index: usize,
     /// True while skipping the rest of an over-long line.
     discarding: bool,
+    /// True once any `\n` has been decoded: the peer frames its lines, so
+    /// the session's pause rule no longer applies to it.
+    seen_newline: bool,
 }
 
 impl ChatCodec {
@@ -106,7 +212,38 @@ impl ChatCodec {
             max_len,
             next_index: 0,
             discarding: false,
+            seen_newline: false,
         }
+    }
+
+    /// True once the peer has ended a line with `\n`. The legacy tutorial
+    /// client never does; a session applies its pause rule only until then,
+    /// so a line of a newline-speaking client is never cut by a slow link.
+    pub fn has_seen_newline(&self) -> bool {
+        self.seen_newline
+    }
+
+    /// True when the unterminated bytes in `buf` end inside a multi-byte
+    /// UTF-8 character (its first bytes arrived, the rest not yet): a pause
+    /// there must not complete the line, or the character would be lost.
+    pub fn partial_ends_mid_char(&self, buf: &BytesMut) -> bool {
+        if self.discarding {
+            return false;
+        }
+        // A character is at most 4 bytes: only the last 3 can be an
+        // unfinished one.
+        let tail = &buf[buf.len().saturating_sub(3)..];
+        for (i, &b) in tail.iter().enumerate().rev() {
+            let need = match b {
+                0xc0..=0xdf => 2,
+                0xe0..=0xef => 3,
+                0xf0..=0xf7 => 4,
+                0x80..=0xbf => continue,
+                _ => return false,
+            };
+            return tail.len() - i < need;
+        }
+        false
     }
 
     /// The maximum line length in bytes.
@@ -189,6 +326,7 @@ impl Decoder for ChatCodec {
             let newline = buf[start..].iter().position(|&b| b == b'\n');
             match (newline, self.discarding) {
                 (Some(i), true) => {
+                    self.seen_newline = true;
                     // The over-long line ends here; its error was already reported.
                     buf.advance(start + i + 1);
                     self.next_index = 0;
@@ -200,6 +338,7 @@ impl Decoder for ChatCodec {
                     return Ok(None);
                 }
                 (Some(i), false) => {
+                    self.seen_newline = true;
                     let end = start + i;
                     self.next_index = 0;
                     let line = self.finish_line(&buf[..end]);
@@ -261,6 +400,7 @@ impl Encoder<ServerLine<'_>> for ChatCodec {
 /// * alice joined              Notice("alice joined")
 /// + you are now alice         Ok("you are now alice")
 /// ! unknown command /x        Error("unknown command /x")
+/// ~ [14:03] alice: hello      History { time: "14:03", from: "alice", text: "hello" }
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServerLine<'a> {
@@ -288,6 +428,15 @@ pub enum ServerLine<'a> {
     Ok(&'a str),
     /// A refused line, or the reason the connection ends.
     Error(&'a str),
+    /// One line of room history: a past [`ServerLine::Chat`] with its time.
+    History {
+        /// Local time on the server when it was said, `HH:MM`.
+        time: &'a str,
+        /// Nickname of the sender.
+        from: &'a str,
+        /// The message.
+        text: &'a str,
+    },
 }
 
 impl ServerLine<'_> {
@@ -305,6 +454,14 @@ impl ServerLine<'_> {
             ServerLine::Notice(text) => (NOTICE_PREFIX, text, ""),
             ServerLine::Ok(text) => (OK_PREFIX, text, ""),
             ServerLine::Error(text) => (ERROR_PREFIX, text, ""),
+            ServerLine::History { time, from, text } => {
+                dst.reserve(HISTORY_PREFIX.len() + time.len() + 3);
+                dst.put_slice(HISTORY_PREFIX.as_bytes());
+                dst.put_u8(b'[');
+                dst.put_slice(time.as_bytes());
+                dst.put_slice(b"] ");
+                (from, ": ", text)
+            }
         };
         dst.reserve(a.len() + b.len() + c.len() + 1);
         dst.put_slice(a.as_bytes());
@@ -332,10 +489,14 @@ impl ServerLine<'_> {
 /// /rooms             Rooms
 /// /who               Who
 /// /msg NICK TEXT     Msg
+/// /history [N]       History(N)
 /// /help              Help
 /// //text             Message("/text")   (escape for a leading slash)
 /// anything else      Message
 /// ```
+///
+/// Command names are case-insensitive (`/NICK`, `/Join`); a line of only
+/// white space is [`ClientLine::Empty`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientLine<'a> {
     /// An empty line; servers ignore it.
@@ -361,6 +522,9 @@ pub enum ClientLine<'a> {
     },
     /// List the commands.
     Help,
+    /// Send the last lines of the current room ([`DEFAULT_HISTORY_REQUEST`]
+    /// when no count is given).
+    History(usize),
 }
 
 /// A line starting with `/` that is not a well-formed command.
@@ -377,7 +541,7 @@ pub enum CommandError {
 impl<'a> ClientLine<'a> {
     /// Parses one decoded line (terminator already removed).
     pub fn parse(line: &'a str) -> Result<ClientLine<'a>, CommandError> {
-        if line.is_empty() {
+        if line.trim().is_empty() {
             return Ok(ClientLine::Empty);
         }
         if line == "q" {
@@ -401,8 +565,13 @@ impl<'a> ClientLine<'a> {
                 Ok(rest)
             }
         };
-        match name {
+        match name.to_lowercase().as_str() {
             "quit" => Ok(ClientLine::Quit),
+            "history" if rest.is_empty() => Ok(ClientLine::History(DEFAULT_HISTORY_REQUEST)),
+            "history" => rest
+                .parse()
+                .map(ClientLine::History)
+                .map_err(|_| CommandError::Usage("/history [N]")),
             "nick" => single("/nick NAME").map(ClientLine::Nick),
             "join" => single("/join ROOM").map(ClientLine::Join),
             "rooms" => Ok(ClientLine::Rooms),
@@ -424,46 +593,50 @@ impl<'a> ClientLine<'a> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
     /// The nickname breaks the rule stated in the message.
-    #[error("invalid nickname {0:?}: use 1-16 ASCII letters, digits, '_' or '-', starting with a letter")]
+    #[error("invalid nickname {0:?}: use 1-32 letters, digits, '-', '_' or '.'")]
     Nick(String),
     /// The nickname starts with the server-reserved [`GUEST_PREFIX`].
     #[error("nickname {0:?} is reserved: names starting with 'guest-' are assigned by the server")]
     Reserved(String),
     /// The room name breaks the rule stated in the message.
-    #[error("invalid room name {0:?}: use 1-32 ASCII letters, digits, '_' or '-'")]
+    #[error("invalid room name {0:?}: use 1-32 letters, digits, '-', '_' or '.'")]
     Room(String),
 }
 
-fn name_chars_ok(name: &str) -> bool {
-    name.bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+/// The name in NFC if it follows the naming rule: 1–[`MAX_NAME_CHARS`]
+/// characters, each a Unicode letter or digit, `-`, `_` or `.`.
+fn normalize_name(name: &str) -> Option<String> {
+    use unicode_normalization::UnicodeNormalization as _;
+    let nfc: String = name.nfc().collect();
+    let chars = nfc.chars().count();
+    let allowed = |c: char| c.is_alphanumeric() || matches!(c, '-' | '_' | '.');
+    ((1..=MAX_NAME_CHARS).contains(&chars) && nfc.chars().all(allowed)).then_some(nfc)
 }
 
-/// Checks the nickname rule: 1–[`MAX_NICK_LEN`] ASCII letters, digits, `_`
-/// or `-`, starting with a letter, not starting with [`GUEST_PREFIX`]
-/// (compared ignoring ASCII case).
-pub fn validate_nick(nick: &str) -> Result<(), NameError> {
-    let first_is_letter = nick.bytes().next().is_some_and(|b| b.is_ascii_alphabetic());
-    if nick.len() > MAX_NICK_LEN || !first_is_letter || !name_chars_ok(nick) {
-        return Err(NameError::Nick(nick.to_owned()));
-    }
-    let guest = nick
-        .get(..GUEST_PREFIX.len())
-        .is_some_and(|p| p.eq_ignore_ascii_case(GUEST_PREFIX));
-    if guest {
+/// The key a name is known by: NFC, then Unicode default case folding, so
+/// `Alice`, `alice` and `ALICE` are one name (`Straße` and `STRASSE` too).
+pub fn name_key(name: &str) -> String {
+    use unicode_normalization::UnicodeNormalization as _;
+    let folded = caseless::default_case_fold_str(&name.nfc().collect::<String>());
+    folded.nfc().collect()
+}
+
+/// Checks the nickname rule (1–[`MAX_NAME_CHARS`] Unicode letters, digits,
+/// `-`, `_` or `.`; not starting with [`GUEST_PREFIX`] in any case) and
+/// returns the nickname in NFC, the form it is shown in.
+pub fn validate_nick(nick: &str) -> Result<String, NameError> {
+    let nfc = normalize_name(nick).ok_or_else(|| NameError::Nick(nick.to_owned()))?;
+    if name_key(&nfc).starts_with(GUEST_PREFIX) {
         return Err(NameError::Reserved(nick.to_owned()));
     }
-    Ok(())
+    Ok(nfc)
 }
 
-/// Checks the room name rule (1–[`MAX_ROOM_LEN`] ASCII letters, digits, `_`
-/// or `-`) and returns the name folded to lower case, the form rooms are
-/// known by.
+/// Checks the room name rule (the same as for nicknames) and returns the
+/// name case-folded ([`name_key`]), the form rooms are known and shown by.
 pub fn validate_room(room: &str) -> Result<String, NameError> {
-    if room.is_empty() || room.len() > MAX_ROOM_LEN || !name_chars_ok(room) {
-        return Err(NameError::Room(room.to_owned()));
-    }
-    Ok(room.to_ascii_lowercase())
+    let nfc = normalize_name(room).ok_or_else(|| NameError::Room(room.to_owned()))?;
+    Ok(name_key(&nfc))
 }
 
 #[cfg(test)]
@@ -604,6 +777,43 @@ mod tests {
     }
 
     #[test]
+    fn newline_is_remembered_for_the_pause_rule() {
+        let mut codec = ChatCodec::default();
+        let mut buf = BytesMut::from(&b"legacy"[..]);
+        assert_eq!(decode_all(&mut codec, &mut buf), vec![]);
+        assert!(!codec.has_seen_newline());
+        buf.extend_from_slice(b"\n");
+        assert_eq!(decode_all(&mut codec, &mut buf), vec![ok("legacy")]);
+        assert!(codec.has_seen_newline());
+    }
+
+    #[test]
+    fn partial_ending_inside_a_character_is_detected() {
+        let codec = ChatCodec::default();
+        let ni = "你".as_bytes();
+        let smile = "😀".as_bytes();
+        let cases: [(&[u8], bool); 9] = [
+            (b"", false),
+            (b"abc", false),
+            (&ni[..1], true),
+            (&ni[..2], true),
+            (ni, false),
+            (&smile[..3], true),
+            (smile, false),
+            (b"ab\xc3", true),
+            // A stray continuation byte is invalid, not unfinished.
+            (b"ab\x80", false),
+        ];
+        for (bytes, mid) in cases {
+            assert_eq!(
+                codec.partial_ends_mid_char(&BytesMut::from(bytes)),
+                mid,
+                "{bytes:?}"
+            );
+        }
+    }
+
+    #[test]
     fn take_partial_ends_a_discarded_line() {
         let mut codec = ChatCodec::new(2);
         let mut buf = BytesMut::from(&b"abcdef"[..]);
@@ -645,6 +855,14 @@ mod tests {
             (ServerLine::Notice("bob joined"), "* bob joined\n"),
             (ServerLine::Ok("done"), "+ done\n"),
             (ServerLine::Error("no"), "! no\n"),
+            (
+                ServerLine::History {
+                    time: "14:03",
+                    from: "alice",
+                    text: "hi",
+                },
+                "~ [14:03] alice: hi\n",
+            ),
         ];
         for (line, wire) in cases {
             let mut codec = ChatCodec::default();
@@ -693,23 +911,71 @@ mod tests {
     }
 
     #[test]
-    fn names_are_validated() {
-        assert!(validate_nick("alice_1-x").is_ok());
-        assert!(validate_nick("a234567890123456").is_ok());
-        for bad in ["", "1abc", "a b", "a:b", "a234567890123456x", "名字"] {
+    fn names_are_unicode_nfc_and_case_blind() {
+        assert_eq!(validate_nick("alice_1-x.y").as_deref(), Ok("alice_1-x.y"));
+        assert_eq!(validate_nick("小明").as_deref(), Ok("小明"));
+        assert_eq!(validate_nick(&"a".repeat(32)).map(|n| n.len()), Ok(32));
+        // A decomposed é (e + U+0301) is stored composed.
+        assert_eq!(validate_nick("Jose\u{301}").as_deref(), Ok("José"));
+        for bad in [
+            "",
+            "a b",
+            "a:b",
+            "*x",
+            "a\u{1b}",
+            &"a".repeat(33),
+            "x\u{202e}",
+        ] {
             assert!(
                 matches!(validate_nick(bad), Err(NameError::Nick(_))),
-                "{bad}"
+                "{bad:?}"
             );
         }
-        assert!(matches!(
-            validate_nick("Guest-7"),
-            Err(NameError::Reserved(_))
-        ));
+        for reserved in ["guest-7", "Guest-7", "GUEST-x"] {
+            assert!(matches!(
+                validate_nick(reserved),
+                Err(NameError::Reserved(_))
+            ));
+        }
+        assert_eq!(name_key("Alice"), name_key("alice"));
+        assert_eq!(name_key("Straße"), name_key("STRASSE"));
+        assert_eq!(name_key("José"), name_key("JOSE\u{301}"));
+        assert_ne!(name_key("alice"), name_key("alicе")); // Cyrillic е
         assert_eq!(validate_room("Dev_1").as_deref(), Ok("dev_1"));
+        assert_eq!(validate_room("房间").as_deref(), Ok("房间"));
         assert!(validate_room("").is_err());
         assert!(validate_room("a b").is_err());
         assert!(validate_room(&"r".repeat(33)).is_err());
+    }
+
+    #[test]
+    fn commands_are_case_insensitive_and_blank_lines_are_empty() {
+        assert_eq!(ClientLine::parse("/NICK x"), Ok(ClientLine::Nick("x")));
+        assert_eq!(ClientLine::parse("/Join dev"), Ok(ClientLine::Join("dev")));
+        assert_eq!(ClientLine::parse(" \t "), Ok(ClientLine::Empty));
+        assert_eq!(
+            ClientLine::parse("/history"),
+            Ok(ClientLine::History(DEFAULT_HISTORY_REQUEST))
+        );
+        assert_eq!(ClientLine::parse("/HISTORY 5"), Ok(ClientLine::History(5)));
+        assert_eq!(
+            ClientLine::parse("/history x"),
+            Err(CommandError::Usage("/history [N]"))
+        );
+        // `q` stays the tutorial's exact quit word.
+        assert_eq!(ClientLine::parse("Q"), Ok(ClientLine::Message("Q")));
+    }
+
+    #[test]
+    fn wrong_protocols_are_recognised() {
+        assert!(looks_like_http("GET / HTTP/1.1"));
+        assert!(looks_like_http("POST /x HTTP/1.0"));
+        assert!(!looks_like_http("GET me a coffee"));
+        assert!(!looks_like_http("get / HTTP/1.1"));
+        assert!(looks_like_tls(&[0x16, 0x03, 0x01, 0x02]));
+        assert!(!looks_like_tls(b"hello"));
+        assert_eq!(count(1, "member", "members"), "1 member");
+        assert_eq!(count(2, "member", "members"), "2 members");
     }
 
     proptest! {

@@ -14,14 +14,22 @@
 //! legacy:   <ASCII digits>[\r][\n]          server: "1001"   then <size> raw bytes
 //! binary:   89 55 50 4C ("\x89UPL")          then frames and raw bodies
 //! frame:    len:u32 BE | type:u8 | payload   (len counts type + payload, <= MAX_MESSAGE_LEN)
-//! per file: Offer -> Accept|Refuse ; Start ; <size - offset raw bytes> ; Finish -> Stored|Refuse
+//! per file: Offer -> [Present -> Skip | Proceed ->] Accept|Refuse ; Start ;
+//!           <size - offset raw bytes> ; Finish -> Stored|Refuse
+//! list:     List -> Entry* ListEnd | Refuse                      (version 2)
+//! get:      Get -> Sending|Refuse ; Start ; <size - offset raw bytes>   (version 2)
 //! ```
+//!
+//! `Present` is sent only to version-2 clients; a version-1 client (an older
+//! up-cli) is served exactly as before.
 //!
 //! A frame's declared length is checked against [`MAX_MESSAGE_LEN`] before
 //! any buffer is reserved, and a frame is only parsed once it is completely
 //! buffered, so split and glued frames decode the same. Bytes left in the
 //! buffer after [`ClientMessage::Start`] belong to the body: the caller
 //! drains them from the same buffer before reading the socket again.
+
+pub mod name;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
@@ -30,8 +38,16 @@ use tokio_util::codec::{Decoder, Encoder};
 /// bit set, so it can be neither an ASCII digit (legacy form) nor text.
 pub const MAGIC: [u8; 4] = [0x89, b'U', b'P', b'L'];
 
-/// Protocol version spoken by this crate.
-pub const VERSION: u16 = 1;
+/// Protocol version spoken by this crate: 2 adds `Present`/`Skip`/`Proceed`
+/// (already-stored files), `List` and `Get`.
+pub const VERSION: u16 = 2;
+
+/// Oldest protocol version a server still serves (version-1 clients upload
+/// as before; they never see the version-2 messages).
+pub const MIN_VERSION: u16 = 1;
+
+/// Port `up-srv` listens on and `up-cli` connects to unless told otherwise.
+pub const DEFAULT_PORT: u16 = 9998;
 
 /// Hard cap on a control frame (type byte + payload), checked before allocating.
 pub const MAX_MESSAGE_LEN: usize = 8 * 1024;
@@ -53,6 +69,12 @@ pub type Digest = [u8; DIGEST_LEN];
 
 /// The reply the server sends to a legacy client once its size is read.
 pub const LEGACY_REPLY: &[u8] = b"1001";
+
+/// Starts the line a server sends instead of [`LEGACY_REPLY`] when it cannot
+/// take a legacy upload (for example under `--token`); the reason follows,
+/// then `\n`. The original tutorial client treats any reply as "go ahead",
+/// but it then meets a closed connection; `up-cli --legacy` shows the reason.
+pub const LEGACY_REFUSAL_PREFIX: &[u8] = b"refused: ";
 
 /// The legacy form has no name on the wire; files are stored under this one.
 pub const LEGACY_NAME: &str = "new.jpg";
@@ -188,6 +210,8 @@ pub fn parse_legacy_size(buf: &[u8], paused: bool) -> Result<Option<(u64, usize)
 
 /// Why the server refused something. Carried as a u16 on the wire; unknown
 /// values decode to [`RefusalCode::Other`] so newer servers stay readable.
+/// Each code's value, label and whether the server closes the connection
+/// after it are one row of a single table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefusalCode {
     /// 1: the stream is malformed; the server closes the connection.
@@ -210,7 +234,7 @@ pub enum RefusalCode {
     DigestMismatch,
     /// 21: the client confirmed an offset other than 0 or the offered one.
     BadOffset,
-    /// 30: the server failed to store the data.
+    /// 30: the server failed to store or read the data.
     StorageError,
     /// 31: the server is shutting down; the partial data is kept for a resume.
     ShuttingDown,
@@ -220,74 +244,78 @@ pub enum RefusalCode {
     HeaderTooSlow,
     /// 34: the body arrived below the server's minimum rate; the partial is kept.
     BodyTooSlow,
+    /// 40: `ls`/`get` asked of a server started without `--allow-get`.
+    NotAllowed,
+    /// 41: `get` named no stored file.
+    NotFound,
+    /// 42: the stored file changed since its digest was recorded, so the
+    /// server cannot vouch for it.
+    Changed,
     /// Any other code.
     Other(u16),
 }
 
+/// One row per known code: (code, wire value, label, closes the connection).
+const REFUSALS: [(RefusalCode, u16, &str, bool); 18] = [
+    (RefusalCode::BadMessage, 1, "bad message", true),
+    (
+        RefusalCode::UnsupportedVersion,
+        2,
+        "unsupported version",
+        true,
+    ),
+    (RefusalCode::Unauthorized, 3, "unauthorized", true),
+    (RefusalCode::BadName, 10, "bad name", false),
+    (RefusalCode::TooLarge, 11, "too large", false),
+    (RefusalCode::NoSpace, 12, "no space", false),
+    (RefusalCode::Busy, 13, "busy", false),
+    (RefusalCode::TooManyUploads, 14, "too many uploads", false),
+    (RefusalCode::DigestMismatch, 20, "digest mismatch", false),
+    (RefusalCode::BadOffset, 21, "bad offset", true),
+    (RefusalCode::StorageError, 30, "storage error", true),
+    (RefusalCode::ShuttingDown, 31, "shutting down", true),
+    (RefusalCode::IdleTimeout, 32, "idle timeout", true),
+    (RefusalCode::HeaderTooSlow, 33, "header too slow", true),
+    (RefusalCode::BodyTooSlow, 34, "too slow", true),
+    (RefusalCode::NotAllowed, 40, "not allowed", false),
+    (RefusalCode::NotFound, 41, "not found", false),
+    (RefusalCode::Changed, 42, "changed on the server", false),
+];
+
 impl RefusalCode {
+    fn row(self) -> Option<&'static (RefusalCode, u16, &'static str, bool)> {
+        REFUSALS.iter().find(|row| row.0 == self)
+    }
+
     /// The code's wire value.
     pub fn to_u16(self) -> u16 {
         match self {
-            Self::BadMessage => 1,
-            Self::UnsupportedVersion => 2,
-            Self::Unauthorized => 3,
-            Self::BadName => 10,
-            Self::TooLarge => 11,
-            Self::NoSpace => 12,
-            Self::Busy => 13,
-            Self::TooManyUploads => 14,
-            Self::DigestMismatch => 20,
-            Self::BadOffset => 21,
-            Self::StorageError => 30,
-            Self::ShuttingDown => 31,
-            Self::IdleTimeout => 32,
-            Self::HeaderTooSlow => 33,
-            Self::BodyTooSlow => 34,
             Self::Other(c) => c,
+            known => known.row().map_or(0, |row| row.1),
         }
     }
 
     /// The code for a wire value.
     pub fn from_u16(v: u16) -> Self {
-        match v {
-            1 => Self::BadMessage,
-            2 => Self::UnsupportedVersion,
-            3 => Self::Unauthorized,
-            10 => Self::BadName,
-            11 => Self::TooLarge,
-            12 => Self::NoSpace,
-            13 => Self::Busy,
-            14 => Self::TooManyUploads,
-            20 => Self::DigestMismatch,
-            21 => Self::BadOffset,
-            30 => Self::StorageError,
-            31 => Self::ShuttingDown,
-            32 => Self::IdleTimeout,
-            33 => Self::HeaderTooSlow,
-            34 => Self::BodyTooSlow,
-            c => Self::Other(c),
-        }
+        REFUSALS
+            .iter()
+            .find(|row| row.1 == v)
+            .map_or(Self::Other(v), |row| row.0)
     }
 
     /// A short lower-case label for logs and client messages.
     pub fn label(self) -> &'static str {
-        match self {
-            Self::BadMessage => "bad message",
-            Self::UnsupportedVersion => "unsupported version",
-            Self::Unauthorized => "unauthorized",
-            Self::BadName => "bad name",
-            Self::TooLarge => "too large",
-            Self::NoSpace => "no space",
-            Self::Busy => "busy",
-            Self::TooManyUploads => "too many uploads",
-            Self::DigestMismatch => "digest mismatch",
-            Self::BadOffset => "bad offset",
-            Self::StorageError => "storage error",
-            Self::ShuttingDown => "shutting down",
-            Self::IdleTimeout => "idle timeout",
-            Self::HeaderTooSlow => "header too slow",
-            Self::BodyTooSlow => "too slow",
-            Self::Other(_) => "refused",
+        self.row().map_or("refused", |row| row.2)
+    }
+
+    /// True when the server closes the connection after this refusal (the
+    /// stream is out of sync or the server is going away); otherwise the
+    /// next offer may follow on the same connection. Unknown codes count as
+    /// closing, the safe reading.
+    pub fn closes_connection(self) -> bool {
+        match self.row() {
+            Some(row) => row.3,
+            None => true,
         }
     }
 }
@@ -320,6 +348,23 @@ pub enum ClientMessage {
         /// Digest of the whole file, prefix included.
         sha256: Digest,
     },
+    /// After [`ServerMessage::Present`]: the local file has the same digest,
+    /// so nothing is sent or stored; the next offer may follow.
+    Skip,
+    /// After [`ServerMessage::Present`]: the content differs; the server
+    /// goes on as for a new file (answers with accept or refuse).
+    Proceed,
+    /// Asks for the stored files whose names start with `prefix`.
+    List {
+        /// Name prefix; empty for every file.
+        prefix: String,
+    },
+    /// Asks for one stored file; a `Start` with the resume offset follows
+    /// the server's [`ServerMessage::Sending`].
+    Get {
+        /// Stored name, as `List` shows it.
+        name: String,
+    },
 }
 
 /// Messages from the server to the client.
@@ -327,8 +372,12 @@ pub enum ClientMessage {
 pub enum ServerMessage {
     /// Answer to a valid hello.
     Welcome {
-        /// Server protocol version.
+        /// Protocol version of the session (the client's).
         version: u16,
+        /// Version 2: whether this server checks tokens, so a client that
+        /// sent one to an open server can say it was not needed. Not on the
+        /// wire for version 1 (decodes as false).
+        token_checked: bool,
     },
     /// Answer to an offer: where to resume and the digest of the stored prefix.
     Accept {
@@ -344,6 +393,36 @@ pub enum ServerMessage {
         /// SHA-256 of the stored file.
         sha256: Digest,
     },
+    /// Answer to an offer (version 2 only): a file of that name and size is
+    /// already stored, with this digest; the client answers skip or proceed.
+    Present {
+        /// Recorded SHA-256 of the stored file.
+        sha256: Digest,
+    },
+    /// One stored file, in answer to `List`.
+    Entry {
+        /// Name relative to the upload dir.
+        name: String,
+        /// Size in bytes.
+        size: u64,
+        /// Modification time, seconds since the Unix epoch.
+        mtime: u64,
+        /// Recorded SHA-256.
+        sha256: Digest,
+    },
+    /// Ends a listing.
+    ListEnd {
+        /// Entries sent.
+        count: u64,
+    },
+    /// Answer to `Get`: the stored file's size and recorded digest. After the
+    /// client's `Start{offset}`, `size - offset` raw bytes follow.
+    Sending {
+        /// Size in bytes.
+        size: u64,
+        /// Recorded SHA-256 of the whole file.
+        sha256: Digest,
+    },
     /// A refusal with a code and a human reason.
     Refuse {
         /// Machine-readable code.
@@ -357,10 +436,21 @@ const T_HELLO: u8 = 0x01;
 const T_OFFER: u8 = 0x02;
 const T_START: u8 = 0x03;
 const T_FINISH: u8 = 0x04;
+const T_SKIP: u8 = 0x05;
+const T_PROCEED: u8 = 0x06;
+const T_LIST: u8 = 0x07;
+const T_GET: u8 = 0x08;
 const T_WELCOME: u8 = 0x81;
 const T_ACCEPT: u8 = 0x82;
 const T_STORED: u8 = 0x83;
 const T_REFUSE: u8 = 0x84;
+const T_PRESENT: u8 = 0x85;
+const T_ENTRY: u8 = 0x86;
+const T_LIST_END: u8 = 0x87;
+const T_SENDING: u8 = 0x88;
+
+/// Welcome flag (version 2): the server requires a token.
+const WELCOME_TOKEN_CHECKED: u8 = 0x01;
 
 /// Splits one complete frame off `src`, checking its length before reserving.
 fn decode_frame(src: &mut BytesMut) -> Result<Option<(u8, Bytes)>, UploadError> {
@@ -394,6 +484,9 @@ struct Fields {
 }
 
 impl Fields {
+    fn new(message: &'static str, buf: Bytes) -> Self {
+        Fields { message, buf }
+    }
     fn short(&self) -> UploadError {
         UploadError::Malformed {
             message: self.message,
@@ -536,6 +629,26 @@ impl ClientMessage {
                 f.end()?;
                 ClientMessage::Finish { sha256 }
             }
+            T_SKIP => {
+                Fields::new("skip", payload).end()?;
+                ClientMessage::Skip
+            }
+            T_PROCEED => {
+                Fields::new("proceed", payload).end()?;
+                ClientMessage::Proceed
+            }
+            T_LIST => {
+                let mut f = Fields::new("list", payload);
+                let prefix = f.string("prefix")?;
+                f.end()?;
+                ClientMessage::List { prefix }
+            }
+            T_GET => {
+                let mut f = Fields::new("get", payload);
+                let name = f.string("name")?;
+                f.end()?;
+                ClientMessage::Get { name }
+            }
             other => return Err(UploadError::UnknownType(other)),
         };
         Ok(msg)
@@ -560,6 +673,14 @@ impl ClientMessage {
                 d.put_slice(sha256);
                 Ok(())
             }),
+            ClientMessage::Skip => encode_frame(dst, T_SKIP, |_| Ok(())),
+            ClientMessage::Proceed => encode_frame(dst, T_PROCEED, |_| Ok(())),
+            ClientMessage::List { prefix } => encode_frame(dst, T_LIST, |d| {
+                put_string(d, "prefix", prefix, MAX_NAME_LEN)
+            }),
+            ClientMessage::Get { name } => {
+                encode_frame(dst, T_GET, |d| put_string(d, "name", name, MAX_NAME_LEN))
+            }
         }
     }
 }
@@ -573,8 +694,26 @@ impl ServerMessage {
                     buf: payload,
                 };
                 let version = f.u16()?;
+                // Version 2 adds a flags byte; version 1 has none.
+                let flags = if version >= 2 {
+                    if !f.buf.has_remaining() {
+                        return Err(f.short());
+                    }
+                    f.buf.get_u8()
+                } else {
+                    0
+                };
+                if flags & !WELCOME_TOKEN_CHECKED != 0 {
+                    return Err(UploadError::Malformed {
+                        message: "welcome",
+                        reason: "unknown flags",
+                    });
+                }
                 f.end()?;
-                ServerMessage::Welcome { version }
+                ServerMessage::Welcome {
+                    version,
+                    token_checked: flags & WELCOME_TOKEN_CHECKED != 0,
+                }
             }
             T_ACCEPT => {
                 let mut f = Fields {
@@ -609,6 +748,39 @@ impl ServerMessage {
                 f.end()?;
                 ServerMessage::Refuse { code, reason }
             }
+            T_PRESENT => {
+                let mut f = Fields::new("present", payload);
+                let sha256 = f.digest()?;
+                f.end()?;
+                ServerMessage::Present { sha256 }
+            }
+            T_ENTRY => {
+                let mut f = Fields::new("entry", payload);
+                let size = f.u64()?;
+                let mtime = f.u64()?;
+                let sha256 = f.digest()?;
+                let name = f.string("name")?;
+                f.end()?;
+                ServerMessage::Entry {
+                    name,
+                    size,
+                    mtime,
+                    sha256,
+                }
+            }
+            T_LIST_END => {
+                let mut f = Fields::new("list end", payload);
+                let count = f.u64()?;
+                f.end()?;
+                ServerMessage::ListEnd { count }
+            }
+            T_SENDING => {
+                let mut f = Fields::new("sending", payload);
+                let size = f.u64()?;
+                let sha256 = f.digest()?;
+                f.end()?;
+                ServerMessage::Sending { size, sha256 }
+            }
             other => return Err(UploadError::UnknownType(other)),
         };
         Ok(msg)
@@ -619,8 +791,18 @@ impl ServerMessage {
     /// always be sent.
     pub fn encode_into(&self, dst: &mut BytesMut) -> Result<(), UploadError> {
         match self {
-            ServerMessage::Welcome { version } => encode_frame(dst, T_WELCOME, |d| {
+            ServerMessage::Welcome {
+                version,
+                token_checked,
+            } => encode_frame(dst, T_WELCOME, |d| {
                 d.put_u16(*version);
+                if *version >= 2 {
+                    d.put_u8(if *token_checked {
+                        WELCOME_TOKEN_CHECKED
+                    } else {
+                        0
+                    });
+                }
                 Ok(())
             }),
             ServerMessage::Accept {
@@ -634,6 +816,30 @@ impl ServerMessage {
             ServerMessage::Stored { name, sha256 } => encode_frame(dst, T_STORED, |d| {
                 d.put_slice(sha256);
                 put_string(d, "name", name, MAX_NAME_LEN)
+            }),
+            ServerMessage::Present { sha256 } => encode_frame(dst, T_PRESENT, |d| {
+                d.put_slice(sha256);
+                Ok(())
+            }),
+            ServerMessage::Entry {
+                name,
+                size,
+                mtime,
+                sha256,
+            } => encode_frame(dst, T_ENTRY, |d| {
+                d.put_u64(*size);
+                d.put_u64(*mtime);
+                d.put_slice(sha256);
+                put_string(d, "name", name, MAX_NAME_LEN)
+            }),
+            ServerMessage::ListEnd { count } => encode_frame(dst, T_LIST_END, |d| {
+                d.put_u64(*count);
+                Ok(())
+            }),
+            ServerMessage::Sending { size, sha256 } => encode_frame(dst, T_SENDING, |d| {
+                d.put_u64(*size);
+                d.put_slice(sha256);
+                Ok(())
             }),
             ServerMessage::Refuse { code, reason } => encode_frame(dst, T_REFUSE, |d| {
                 d.put_u16(code.to_u16());
@@ -698,10 +904,43 @@ impl Encoder<ClientMessage> for ClientCodec {
     }
 }
 
-/// Formats a digest as lower-case hex, the `sha256sum` spelling.
-pub fn hex(digest: &Digest) -> String {
+impl ClientMessage {
+    /// The message's name for error lines (`expected start, got offer`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            ClientMessage::Hello { .. } => "hello",
+            ClientMessage::Offer { .. } => "offer",
+            ClientMessage::Start { .. } => "start",
+            ClientMessage::Finish { .. } => "finish",
+            ClientMessage::Skip => "skip",
+            ClientMessage::Proceed => "proceed",
+            ClientMessage::List { .. } => "list",
+            ClientMessage::Get { .. } => "get",
+        }
+    }
+}
+
+impl ServerMessage {
+    /// The message's name for error lines.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ServerMessage::Welcome { .. } => "welcome",
+            ServerMessage::Accept { .. } => "accept",
+            ServerMessage::Stored { .. } => "stored",
+            ServerMessage::Present { .. } => "present",
+            ServerMessage::Entry { .. } => "entry",
+            ServerMessage::ListEnd { .. } => "list end",
+            ServerMessage::Sending { .. } => "sending",
+            ServerMessage::Refuse { .. } => "refuse",
+        }
+    }
+}
+
+/// Formats a digest (or any bytes) as lower-case hex, the `sha256sum`
+/// spelling; the one hex encoder of the workspace's upload side.
+pub fn hex(digest: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(DIGEST_LEN * 2);
+    let mut s = String::with_capacity(digest.len() * 2);
     for b in digest {
         s.push(char::from(HEX[usize::from(b >> 4)]));
         s.push(char::from(HEX[usize::from(b & 0x0f)]));

@@ -1,95 +1,182 @@
 //! The binary upload protocol from the client side: one connection carries
-//! many files; each is offered, resumed when the server holds a matching
-//! prefix, streamed and verified. See `docs/PROTOCOL.md` ("Upload").
+//! many files; each is offered, skipped when the server already holds the
+//! same content, resumed when it holds a matching prefix, streamed and
+//! verified. See `docs/PROTOCOL.md` ("Upload").
 //!
 //! ```text
-//! MAGIC Hello -> Welcome
-//! per file: Offer -> Accept{offset, prefix sha256} | Refuse ; Start{offset} ; body ; Finish{sha256} -> Stored | Refuse
+//! MAGIC Hello{2} -> Welcome | Refuse(unsupported version: retried as version 1)
+//! per file: Offer -> [Present{sha256} -> Skip | Proceed ->] Accept{offset, prefix sha256} | Refuse ;
+//!           Start{offset} ; body ; Finish{sha256} -> Stored | Refuse
 //! ```
+//!
+//! One file is four steps, one function each: [`offer`] (with the
+//! already-stored comparison), [`resume_point`] (check the server's prefix
+//! against ours), [`send_body`] and [`finish`]. The connection runs over
+//! any [`Stream`], so a TLS connector can hand in its own.
 
+use std::fs::File;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use proto::upload::{ClientCodec, ClientMessage, RefusalCode, ServerMessage, MAGIC, VERSION};
+use proto::size::Readable;
+use proto::upload::{
+    ClientCodec, ClientMessage, RefusalCode, ServerMessage, MAGIC, MIN_VERSION, VERSION,
+};
 use sha2::{Digest as _, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
-use transport::Stream;
 
 use crate::reader::{self, BodyReader};
 use crate::throttle::Throttle;
-use crate::{ClientError, FileJob, Options, Outcome, Reporter, REPLY_TIMEOUT};
+use crate::{ClientError, FileJob, Options, Outcome, Reporter, Target, REPLY_TIMEOUT};
 
 /// How long to look for the server's reason after a write fails.
 const REASON_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// One open connection after a successful hello.
-pub struct Connection {
-    stream: Stream,
-    buf: BytesMut,
-    addr: String,
-}
+/// Starts the reason of a reply that does not decode.
+const BAD_REPLY: &str = "bad reply";
 
-/// Connects to `host:port` (with TLS when `opts.tls` is set, verifying the
+/// Most characters of a non-up-srv peer's first bytes shown in the error.
+const SHOWN_PEER_BYTES: usize = 60;
+
+/// What a client connection can run over: plain TCP or TLS.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// Connects to the server (with TLS when `opts.tls` is set, verifying the
 /// server before anything is sent), mapping failures to a line that names
 /// the address.
-pub async fn connect(opts: &Options) -> Result<Stream, ClientError> {
-    let addr = format!("{}:{}", opts.host, opts.port);
-    let stream = tokio::time::timeout(REPLY_TIMEOUT, TcpStream::connect(&addr))
-        .await
-        .map_err(|_| ClientError::Connect {
-            addr: addr.clone(),
-            source: std::io::ErrorKind::TimedOut.into(),
-        })?
-        .map_err(|source| ClientError::Connect {
-            addr: addr.clone(),
-            source,
-        })?;
+pub async fn connect(opts: &Options) -> Result<transport::Stream, ClientError> {
+    let addr = opts.server.clone();
+    let connecting = TcpStream::connect((addr.host.as_str(), addr.port));
+    let stream = match tokio::time::timeout(REPLY_TIMEOUT, connecting).await {
+        Err(_) => {
+            return Err(ClientError::Connect {
+                addr,
+                source: std::io::ErrorKind::TimedOut.into(),
+            })
+        }
+        Ok(Err(source)) => return Err(ClientError::Connect { addr, source }),
+        Ok(Ok(s)) => s,
+    };
     let _ = stream.set_nodelay(true);
     match &opts.tls {
-        Some(connector) => Ok(connector.connect(stream, &opts.host, opts.port).await?),
+        Some(connector) => Ok(connector.connect(stream, &addr.host, addr.port).await?),
         None => {
             let peer = stream
                 .peer_addr()
                 .map_err(|source| ClientError::Connect { addr, source })?;
-            Ok(Stream::plain(stream, peer))
+            Ok(transport::Stream::plain(stream, peer))
         }
     }
 }
 
+/// One open connection after a successful hello.
+pub struct Connection {
+    stream: Box<dyn Stream>,
+    buf: BytesMut,
+    addr: Target,
+    version: u16,
+    /// A token was sent to a server that checks none.
+    token_unused: bool,
+}
+
+/// The notice for a token sent to a server that does not check tokens.
+pub const TOKEN_UNUSED: &str =
+    "note: this server does not check tokens; --token (or UP_TOKEN) was not needed";
+
 impl Connection {
-    /// Connects, sends the magic and the hello, and waits for the welcome.
+    /// Connects and says hello with the newest version; a server that only
+    /// speaks version 1 (an older up-srv) is greeted again with version 1,
+    /// which uploads as before but has no `ls`, `get` or already-stored check.
     pub async fn open(opts: &Options) -> Result<Connection, ClientError> {
         let stream = connect(opts).await?;
-        let mut conn = Connection {
-            stream,
-            buf: BytesMut::with_capacity(16 * 1024),
-            addr: format!("{}:{}", opts.host, opts.port),
-        };
-        conn.write(&MAGIC).await?;
-        conn.send(ClientMessage::Hello {
-            version: VERSION,
-            token: opts.token.clone().unwrap_or_default(),
-        })
-        .await?;
-        match conn.recv().await? {
-            ServerMessage::Welcome { .. } => Ok(conn),
-            ServerMessage::Refuse { code, reason } => {
-                Err(ClientError::Refused(format!("{}: {reason}", code.label())))
+        match Self::hello(Box::new(stream), opts, VERSION).await? {
+            Ok(conn) => Ok(conn),
+            Err((RefusalCode::UnsupportedVersion, _)) => {
+                let stream = connect(opts).await?;
+                match Self::hello(Box::new(stream), opts, MIN_VERSION).await? {
+                    Ok(conn) => Ok(conn),
+                    Err((_, reason)) => Err(ClientError::Refused(reason)),
+                }
             }
-            other => Err(conn.broken(format!("unexpected reply to hello: {other:?}"))),
+            Err((_, reason)) => Err(ClientError::Refused(reason)),
         }
     }
 
-    fn broken(&self, reason: impl Into<String>) -> ClientError {
+    /// Sends the magic and a hello on `stream`; the refusal, if any.
+    pub async fn hello(
+        stream: Box<dyn Stream>,
+        opts: &Options,
+        version: u16,
+    ) -> Result<Result<Connection, (RefusalCode, String)>, ClientError> {
+        let mut conn = Connection {
+            stream,
+            buf: BytesMut::with_capacity(16 * 1024),
+            addr: opts.server.clone(),
+            version,
+            token_unused: false,
+        };
+        conn.write(&MAGIC).await?;
+        conn.send(ClientMessage::Hello {
+            version,
+            token: opts.token.clone().unwrap_or_default(),
+        })
+        .await?;
+        match conn.recv().await {
+            Ok(ServerMessage::Welcome {
+                version,
+                token_checked,
+            }) => {
+                conn.version = version;
+                conn.token_unused = version >= 2 && !token_checked && opts.token.is_some();
+                Ok(Ok(conn))
+            }
+            Ok(ServerMessage::Refuse { code, reason }) => Ok(Err((code, reason))),
+            Ok(other) => Err(conn.not_up_srv(other.name())),
+            Err(ClientError::Connection { reason, .. }) if reason.starts_with(BAD_REPLY) => {
+                let sent = shown_bytes(&conn.buf);
+                Err(conn.not_up_srv(&sent))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn not_up_srv(&self, sent: &str) -> ClientError {
+        ClientError::NotUpSrv {
+            addr: self.addr.clone(),
+            sent: sent.to_string(),
+        }
+    }
+
+    /// The protocol version agreed with the server.
+    pub fn version(&self) -> u16 {
+        self.version
+    }
+
+    /// The server's address.
+    pub fn addr(&self) -> &Target {
+        &self.addr
+    }
+
+    pub(crate) fn broken(
+        &self,
+        kind: std::io::ErrorKind,
+        reason: impl Into<String>,
+    ) -> ClientError {
         ClientError::Connection {
             addr: self.addr.clone(),
+            kind,
             reason: reason.into(),
         }
     }
 
-    async fn write(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+    fn io_broken(&self, e: &std::io::Error) -> ClientError {
+        self.broken(e.kind(), crate::plain(e))
+    }
+
+    pub(crate) async fn write(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
         // Flushed: a TLS stream may hold the end of a message until then.
         let write = async {
             self.stream.write_all(bytes).await?;
@@ -97,15 +184,15 @@ impl Connection {
         };
         match tokio::time::timeout(REPLY_TIMEOUT, write).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(self.broken(e.to_string())),
-            Err(_) => Err(self.broken("timed out writing")),
+            Ok(Err(e)) => Err(self.io_broken(&e)),
+            Err(_) => Err(self.broken(std::io::ErrorKind::TimedOut, "timed out writing")),
         }
     }
 
-    async fn send(&mut self, msg: ClientMessage) -> Result<(), ClientError> {
+    pub(crate) async fn send(&mut self, msg: ClientMessage) -> Result<(), ClientError> {
         let mut out = BytesMut::with_capacity(128);
         msg.encode_into(&mut out)
-            .map_err(|e| self.broken(e.to_string()))?;
+            .map_err(|e| self.broken(std::io::ErrorKind::InvalidInput, e.to_string()))?;
         self.write(&out).await
     }
 
@@ -115,30 +202,77 @@ impl Connection {
             match ClientCodec.decode(&mut self.buf) {
                 Ok(Some(m)) => return Ok(m),
                 Ok(None) => {}
-                Err(e) => return Err(self.broken(format!("bad reply: {e}"))),
+                Err(e) => {
+                    return Err(
+                        self.broken(std::io::ErrorKind::InvalidData, format!("{BAD_REPLY}: {e}"))
+                    )
+                }
             }
             match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
-                Err(_) => return Err(self.broken("timed out waiting for the server")),
-                Ok(Ok(0)) => return Err(self.broken("server closed the connection")),
+                Err(_) => {
+                    return Err(self.broken(
+                        std::io::ErrorKind::TimedOut,
+                        "timed out waiting for the server",
+                    ))
+                }
+                Ok(Ok(0)) => {
+                    return Err(self.broken(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "server closed the connection",
+                    ))
+                }
                 Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(self.broken(e.to_string())),
+                Ok(Err(e)) => return Err(self.io_broken(&e)),
             }
         }
     }
 
-    async fn recv(&mut self) -> Result<ServerMessage, ClientError> {
+    pub(crate) async fn recv(&mut self) -> Result<ServerMessage, ClientError> {
         self.recv_within(REPLY_TIMEOUT).await
+    }
+
+    /// Raw bytes after a frame: first what is buffered, then the socket.
+    pub(crate) async fn read_raw(&mut self, out: &mut [u8]) -> Result<usize, ClientError> {
+        if !self.buf.is_empty() {
+            let n = self.buf.len().min(out.len());
+            out[..n].copy_from_slice(&self.buf.split_to(n));
+            return Ok(n);
+        }
+        match tokio::time::timeout(REPLY_TIMEOUT, self.stream.read(out)).await {
+            Err(_) => Err(self.broken(std::io::ErrorKind::TimedOut, "timed out waiting for data")),
+            Ok(Ok(0)) => Err(self.broken(
+                std::io::ErrorKind::UnexpectedEof,
+                "server closed the connection mid-file",
+            )),
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(e)) => Err(self.io_broken(&e)),
+        }
     }
 
     /// After a failed write: the server usually said why before closing.
     async fn reason_after_failure(&mut self, fallback: ClientError) -> String {
         match self.recv_within(REASON_TIMEOUT).await {
-            Ok(ServerMessage::Refuse { code, reason }) => {
-                format!("refused ({}): {reason}", code.label())
-            }
+            Ok(ServerMessage::Refuse { code, reason }) => refusal(code, &reason),
             _ => fallback.to_string(),
         }
     }
+}
+
+/// The first bytes a peer sent, quoted and escaped for one line.
+fn shown_bytes(buf: &[u8]) -> String {
+    let text = String::from_utf8_lossy(buf);
+    let escaped: String = text.chars().flat_map(char::escape_debug).collect();
+    let cut: String = escaped.chars().take(SHOWN_PEER_BYTES).collect();
+    if cut.len() < escaped.len() {
+        format!("\"{cut}...\"")
+    } else {
+        format!("\"{cut}\"")
+    }
+}
+
+/// A refusal as one line: `refused (too large): ...`.
+pub fn refusal(code: RefusalCode, reason: &str) -> String {
+    format!("refused ({}): {reason}", code.label())
 }
 
 /// How one file ended, and whether the connection can carry the next one.
@@ -154,14 +288,18 @@ fn failed(job: &FileJob, reason: impl std::fmt::Display, keep_connection: bool) 
     }
 }
 
-/// A failure reading the local file mid-upload: the server waits for body
-/// bytes that will not come, so the connection is dropped.
-fn local_failure(job: &FileJob, reason: String) -> FileResult {
-    let error = ClientError::Local {
-        path: job.path.display().to_string(),
-        reason,
-    };
-    failed(job, error, false)
+/// A refused file: whether the connection goes on is the code's to say.
+fn refused(job: &FileJob, code: RefusalCode, reason: &str) -> FileResult {
+    failed(job, refusal(code, reason), !code.closes_connection())
+}
+
+/// A local failure mid-exchange: the server waits for bytes that will not
+/// come, so the connection is dropped.
+fn local_failure(error: ClientError) -> FileResult {
+    FileResult {
+        outcome: Outcome::Failed(error.to_string()),
+        keep_connection: false,
+    }
 }
 
 /// What [`upload_all`] did.
@@ -180,13 +318,18 @@ pub struct Report {
 pub async fn upload_all(opts: &Options, jobs: &[FileJob], reporter: &mut dyn Reporter) -> Report {
     let mut outcomes = Vec::with_capacity(jobs.len());
     let mut conn: Option<Connection> = None;
-    let mut throttle = Throttle::new(opts.limit_rate);
     let mut sent_total = 0u64;
+    let mut warned = false;
     for job in jobs {
         let c = match conn.take() {
             Some(c) => conn.insert(c),
             None => match Connection::open(opts).await {
-                Ok(c) => conn.insert(c),
+                Ok(c) => {
+                    if c.token_unused && !std::mem::replace(&mut warned, true) {
+                        reporter.notice(TOKEN_UNUSED);
+                    }
+                    conn.insert(c)
+                }
                 Err(e) => {
                     return Report {
                         outcomes,
@@ -195,8 +338,7 @@ pub async fn upload_all(opts: &Options, jobs: &[FileJob], reporter: &mut dyn Rep
                 }
             },
         };
-        let result = match upload_one(c, opts, job, reporter, &mut throttle, &mut sent_total).await
-        {
+        let result = match upload_one(c, opts, job, reporter, &mut sent_total).await {
             Ok(r) => r,
             Err(e) => {
                 return Report {
@@ -208,7 +350,7 @@ pub async fn upload_all(opts: &Options, jobs: &[FileJob], reporter: &mut dyn Rep
         if !result.keep_connection {
             conn = None;
         }
-        reporter.finished(job, &result.outcome);
+        reporter.finished(job.size, &result.outcome);
         outcomes.push(result.outcome);
     }
     Report {
@@ -217,121 +359,172 @@ pub async fn upload_all(opts: &Options, jobs: &[FileJob], reporter: &mut dyn Rep
     }
 }
 
+/// One file: offer, resume point, body, finish. `Err` only for what ends
+/// the whole run (`--abort-after`).
 async fn upload_one(
     conn: &mut Connection,
     opts: &Options,
     job: &FileJob,
     reporter: &mut dyn Reporter,
-    throttle: &mut Throttle,
     sent_total: &mut u64,
 ) -> Result<FileResult, ClientError> {
-    if let Err(e) = conn
-        .send(ClientMessage::Offer {
-            name: job.name.clone(),
-            size: job.size,
-        })
-        .await
-    {
+    let (offset, prefix) = match offer(conn, job, reporter).await {
+        Offered::Accept { offset, prefix } => (offset, prefix),
+        Offered::Done(result) => return Ok(result),
+    };
+    let (file, hasher, start) = match resume_point(job, offset, prefix, reporter).await {
+        Ok(v) => v,
+        Err(e) => return Ok(local_failure(e)),
+    };
+    if let Err(e) = conn.send(ClientMessage::Start { offset: start }).await {
         return Ok(failed(job, e, false));
     }
-    let (offset, prefix) = match conn.recv().await {
+    reporter.file_started(&job.name, job.size, start);
+    let body = reader::spawn(file, hasher, start, job.size - start);
+    let pacing = Pacing {
+        limit_rate: opts.limit_rate,
+        abort_after: opts.abort_after,
+    };
+    let (digest, sent) = match send_body(&mut conn.stream, body, pacing, sent_total, reporter).await
+    {
+        Ok(v) => v,
+        Err(SendError::Abort(n)) => {
+            let _ = conn.stream.shutdown().await;
+            return Err(ClientError::Aborted(n));
+        }
+        Err(SendError::Local(e)) => return Ok(local_failure(ClientError::read(&job.path, e))),
+        Err(SendError::Write(e)) => {
+            let fallback = conn.io_broken(&e);
+            let reason = conn.reason_after_failure(fallback).await;
+            return Ok(failed(job, reason, false));
+        }
+    };
+    Ok(finish(conn, job, digest, sent, start).await)
+}
+
+/// The server's answer to an offer, once any already-stored comparison is done.
+enum Offered {
+    /// Send the body from the accepted offset (after checking the prefix).
+    Accept { offset: u64, prefix: [u8; 32] },
+    /// Nothing to send: skipped, refused or failed.
+    Done(FileResult),
+}
+
+/// Offers the file; when the server already holds that name and size,
+/// hashes the local file and skips it if the digests agree.
+async fn offer(conn: &mut Connection, job: &FileJob, reporter: &mut dyn Reporter) -> Offered {
+    let offer = ClientMessage::Offer {
+        name: job.name.clone(),
+        size: job.size,
+    };
+    if let Err(e) = conn.send(offer).await {
+        return Offered::Done(failed(job, e, false));
+    }
+    let stored = match conn.recv().await {
+        Ok(ServerMessage::Present { sha256 }) => sha256,
+        reply => return accepted(job, reply),
+    };
+    reporter.verifying(&job.name, job.size);
+    let ours = match reader::hash_prefix(&job.path, job.size, reporter).await {
+        Ok((_, hasher)) => <[u8; 32]>::from(hasher.finalize()),
+        Err(e) => return Offered::Done(local_failure(e)),
+    };
+    if ours == stored {
+        let result = match conn.send(ClientMessage::Skip).await {
+            Ok(()) => FileResult {
+                outcome: Outcome::AlreadyStored {
+                    name: job.name.clone(),
+                    sha256: ours,
+                },
+                keep_connection: true,
+            },
+            Err(e) => failed(job, e, false),
+        };
+        return Offered::Done(result);
+    }
+    reporter.notice(&format!(
+        "{}: the server holds different content under this name; storing a new copy",
+        job.name
+    ));
+    if let Err(e) = conn.send(ClientMessage::Proceed).await {
+        return Offered::Done(failed(job, e, false));
+    }
+    accepted(job, conn.recv().await)
+}
+
+fn accepted(job: &FileJob, reply: Result<ServerMessage, ClientError>) -> Offered {
+    match reply {
         Ok(ServerMessage::Accept {
             offset,
             prefix_sha256,
-        }) => (offset, prefix_sha256),
-        Ok(ServerMessage::Refuse { code, reason }) => {
-            let keep = !matches!(
-                code,
-                RefusalCode::BadMessage
-                    | RefusalCode::ShuttingDown
-                    | RefusalCode::IdleTimeout
-                    | RefusalCode::HeaderTooSlow
-                    | RefusalCode::BodyTooSlow
-            );
-            return Ok(failed(
-                job,
-                format!("refused ({}): {reason}", code.label()),
-                keep,
-            ));
-        }
-        Ok(other) => return Ok(failed(job, format!("unexpected reply {other:?}"), false)),
-        Err(e) => return Ok(failed(job, e, false)),
-    };
+        }) => Offered::Accept {
+            offset,
+            prefix: prefix_sha256,
+        },
+        Ok(ServerMessage::Refuse { code, reason }) => Offered::Done(refused(job, code, &reason)),
+        Ok(other) => Offered::Done(failed(
+            job,
+            format!("unexpected {} reply", other.name()),
+            false,
+        )),
+        Err(e) => Offered::Done(failed(job, e, false)),
+    }
+}
 
-    // Check the server's prefix against our own file before trusting it.
-    let path = job.path.clone();
+/// Checks the server's prefix against our own file before trusting it;
+/// returns the open file, the hash state and the offset to send from.
+async fn resume_point(
+    job: &FileJob,
+    offset: u64,
+    prefix: [u8; 32],
+    reporter: &mut dyn Reporter,
+) -> Result<(File, Sha256, u64), ClientError> {
     let check = if offset > 0 && offset <= job.size {
         offset
     } else {
         0
     };
-    let prefix_state = tokio::task::spawn_blocking(move || reader::hash_prefix(&path, check))
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r);
-    let (file, hasher, start) = match prefix_state {
-        Ok((file, hasher)) if check > 0 => {
-            let ours: [u8; 32] = hasher.clone().finalize().into();
-            if ours == prefix {
-                reporter.notice(&format!("resuming {} at {}", job.name, human_bytes(offset)));
-                (file, hasher, offset)
-            } else {
-                reporter.notice(&format!(
-                    "{}: the server's partial data differs from this file; restarting from 0",
-                    job.name
-                ));
-                (file, Sha256::new(), 0)
-            }
-        }
-        Ok((file, hasher)) => (file, hasher, 0),
-        Err(reason) => {
-            // The server waits for a start we cannot honour: drop the connection.
-            return Ok(local_failure(job, reason));
-        }
-    };
-    if let Err(e) = conn.send(ClientMessage::Start { offset: start }).await {
-        return Ok(failed(job, e, false));
+    if check > 0 {
+        reporter.verifying(&job.name, check);
     }
-    reporter.file_started(job, start);
-    let body = reader::spawn(file, hasher, start, job.size - start);
-    let sent = match send_body(
-        &mut conn.stream,
-        body,
-        throttle,
-        opts.abort_after,
-        sent_total,
-        reporter,
-    )
-    .await
-    {
-        Ok(digest) => digest,
-        Err(SendError::Abort(n)) => {
-            let _ = conn.stream.shutdown().await;
-            return Err(ClientError::Aborted(n));
-        }
-        Err(SendError::Local(reason)) => {
-            return Ok(local_failure(job, reason));
-        }
-        Err(SendError::Write(e)) => {
-            let fallback = conn.broken(e.to_string());
-            let reason = conn.reason_after_failure(fallback).await;
-            return Ok(failed(job, reason, false));
-        }
-    };
-    let (digest, sent_now) = sent;
+    let (file, hasher) = reader::hash_prefix(&job.path, check, reporter).await?;
+    if check == 0 {
+        return Ok((file, hasher, 0));
+    }
+    if <[u8; 32]>::from(hasher.clone().finalize()) == prefix {
+        reporter.notice(&format!("resuming {} at {}", job.name, Readable(offset)));
+        Ok((file, hasher, offset))
+    } else {
+        reporter.notice(&format!(
+            "{}: the server's partial data differs from this file; restarting from 0",
+            job.name
+        ));
+        Ok((file, Sha256::new(), 0))
+    }
+}
+
+/// Sends the digest and reads the verdict.
+async fn finish(
+    conn: &mut Connection,
+    job: &FileJob,
+    digest: [u8; 32],
+    sent: u64,
+    start: u64,
+) -> FileResult {
     if let Err(e) = conn.send(ClientMessage::Finish { sha256: digest }).await {
-        return Ok(failed(job, e, false));
+        return failed(job, e, false);
     }
     match conn.recv().await {
-        Ok(ServerMessage::Stored { name, sha256 }) if sha256 == digest => Ok(FileResult {
+        Ok(ServerMessage::Stored { name, sha256 }) if sha256 == digest => FileResult {
             outcome: Outcome::Stored {
                 name,
                 sha256,
-                sent: sent_now,
+                sent,
+                resumed: start,
             },
             keep_connection: true,
-        }),
-        Ok(ServerMessage::Stored { sha256, .. }) => Ok(failed(
+        },
+        Ok(ServerMessage::Stored { sha256, .. }) => failed(
             job,
             format!(
                 "server reports sha256 {} but the file hashes to {}",
@@ -339,14 +532,10 @@ async fn upload_one(
                 proto::upload::hex(&digest)
             ),
             false,
-        )),
-        Ok(ServerMessage::Refuse { code, reason }) => Ok(failed(
-            job,
-            format!("refused ({}): {reason}", code.label()),
-            code == RefusalCode::DigestMismatch,
-        )),
-        Ok(other) => Ok(failed(job, format!("unexpected reply {other:?}"), false)),
-        Err(e) => Ok(failed(job, e, false)),
+        ),
+        Ok(ServerMessage::Refuse { code, reason }) => refused(job, code, &reason),
+        Ok(other) => failed(job, format!("unexpected {} reply", other.name()), false),
+        Err(e) => failed(job, e, false),
     }
 }
 
@@ -355,28 +544,37 @@ async fn upload_one(
 pub enum SendError {
     /// `--abort-after` reached after this many body bytes.
     Abort(u64),
-    /// The local file failed (one line).
-    Local(String),
+    /// The local file failed.
+    Local(std::io::Error),
     /// The socket failed.
     Write(std::io::Error),
 }
 
-/// Streams a body from `reader` to `stream`, pacing with `throttle`.
-/// Returns the whole file's digest and the body bytes sent.
-pub async fn send_body(
-    stream: &mut Stream,
+/// How a body is paced: `--limit-rate` and the `--abort-after` testing aid.
+#[derive(Debug, Clone, Copy)]
+pub struct Pacing {
+    /// Bytes per second, if limited.
+    pub limit_rate: Option<u64>,
+    /// Stop after this many body bytes of the whole run.
+    pub abort_after: Option<u64>,
+}
+
+/// Streams a body from `body` to `stream`; the rate limit starts at the
+/// first body byte. Returns the whole file's digest and the body bytes sent.
+pub async fn send_body<W: AsyncWrite + Unpin + ?Sized>(
+    stream: &mut W,
     mut body: BodyReader,
-    throttle: &mut Throttle,
-    abort_after: Option<u64>,
+    pacing: Pacing,
     sent_total: &mut u64,
     reporter: &mut dyn Reporter,
 ) -> Result<([u8; 32], u64), SendError> {
+    let mut throttle = Throttle::new(pacing.limit_rate);
     let mut sent = 0u64;
     while let Some(chunk) = body.chunks.recv().await {
         let mut data = &chunk.buf[..chunk.len];
         while !data.is_empty() {
             let mut n = throttle.slice_len(data.len()).min(data.len());
-            if let Some(limit) = abort_after {
+            if let Some(limit) = pacing.abort_after {
                 let left = limit.saturating_sub(*sent_total);
                 n = n.min(usize::try_from(left).unwrap_or(usize::MAX));
                 if n == 0 {
@@ -399,35 +597,18 @@ pub async fn send_body(
     }
     match body.finish().await {
         Ok(digest) => Ok((digest, sent)),
-        Err(reason) => Err(SendError::Local(reason)),
-    }
-}
-
-/// `4.0 MiB`-style sizes for notices and the summary.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
+        Err(e) => Err(SendError::Local(e)),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::human_bytes;
+    use super::shown_bytes;
 
     #[test]
-    fn human_sizes() {
-        assert_eq!(human_bytes(0), "0 B");
-        assert_eq!(human_bytes(1023), "1023 B");
-        assert_eq!(human_bytes(4 << 20), "4.0 MiB");
-        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+    fn a_foreign_peer_is_shown_escaped_and_cut() {
+        assert_eq!(shown_bytes(b"hi\n"), "\"hi\\n\"");
+        let long = shown_bytes(&[b'x'; 100]);
+        assert!(long.ends_with("...\"") && long.len() < 70, "{long}");
     }
 }

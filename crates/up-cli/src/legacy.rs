@@ -5,12 +5,12 @@
 
 use std::time::Duration;
 
-use sha2::{Digest as _, Sha256};
+use proto::upload::LEGACY_REFUSAL_PREFIX;
+use sha2::Sha256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::client::{connect, send_body, SendError};
-use crate::throttle::Throttle;
-use crate::{reader, ClientError, FileJob, Options, Reporter, REPLY_TIMEOUT};
+use crate::client::{connect, send_body, Pacing, SendError};
+use crate::{plain, reader, ClientError, FileJob, Options, Reporter, REPLY_TIMEOUT};
 
 /// After the last byte, how long to wait for the server to close first.
 pub const CLOSE_WAIT: Duration = Duration::from_secs(5);
@@ -21,69 +21,62 @@ pub async fn upload(
     job: &FileJob,
     reporter: &mut dyn Reporter,
 ) -> Result<[u8; 32], ClientError> {
-    let addr = format!("{}:{}", opts.host, opts.port);
-    let broken = |reason: String| ClientError::Connection {
-        addr: addr.clone(),
+    let broken = |kind: std::io::ErrorKind, reason: String| ClientError::Connection {
+        addr: opts.server.clone(),
+        kind,
         reason,
     };
-    let file = std::fs::File::open(&job.path).map_err(|e| ClientError::Local {
-        path: job.path.display().to_string(),
-        reason: e.to_string(),
-    })?;
+    let io_broken = |e: std::io::Error| broken(e.kind(), plain(&e));
+    let file = std::fs::File::open(&job.path).map_err(|e| ClientError::read(&job.path, e))?;
     let mut stream = connect(opts).await?;
     stream
         .write_all(job.size.to_string().as_bytes())
         .await
-        .map_err(|e| broken(e.to_string()))?;
-    stream.flush().await.map_err(|e| broken(e.to_string()))?;
+        .map_err(io_broken)?;
+    stream.flush().await.map_err(io_broken)?;
     // The original server answers with anything once it has the size.
-    let mut reply = [0u8; 64];
+    let mut reply = [0u8; 256];
     match tokio::time::timeout(REPLY_TIMEOUT, stream.read(&mut reply)).await {
-        Err(_) => return Err(broken("no reply to the size".into())),
+        Err(_) => {
+            return Err(broken(
+                std::io::ErrorKind::TimedOut,
+                "no reply to the size".into(),
+            ))
+        }
         Ok(Ok(0)) => {
             return Err(broken(
+                std::io::ErrorKind::UnexpectedEof,
                 "server closed the connection instead of replying (size too large?)".into(),
             ))
         }
         // up-srv with --token cannot authorise this form and says so with a
         // reason line instead of its reply; any other reply means go ahead.
         Ok(Ok(n)) => {
-            if let Some(reason) = reply[..n].strip_prefix(b"refused: ") {
+            if let Some(reason) = reply[..n].strip_prefix(LEGACY_REFUSAL_PREFIX) {
                 return Err(ClientError::Refused(
                     String::from_utf8_lossy(reason).trim_end().to_string(),
                 ));
             }
         }
-        Ok(Err(e)) => return Err(broken(e.to_string())),
+        Ok(Err(e)) => return Err(io_broken(e)),
     }
-    reporter.file_started(job, 0);
-    let body = reader::spawn(file, Sha256::new(), 0, job.size);
-    let mut throttle = Throttle::new(opts.limit_rate);
+    reporter.file_started(&job.name, job.size, 0);
+    let body = reader::spawn(file, Sha256::default(), 0, job.size);
+    let pacing = Pacing {
+        limit_rate: opts.limit_rate,
+        abort_after: opts.abort_after,
+    };
     let mut sent_total = 0;
-    let (digest, _) = match send_body(
-        &mut stream,
-        body,
-        &mut throttle,
-        opts.abort_after,
-        &mut sent_total,
-        reporter,
-    )
-    .await
-    {
+    let (digest, _) = match send_body(&mut stream, body, pacing, &mut sent_total, reporter).await {
         Ok(v) => v,
         Err(SendError::Abort(n)) => {
             let _ = stream.shutdown().await;
             return Err(ClientError::Aborted(n));
         }
-        Err(SendError::Local(reason)) => {
-            return Err(ClientError::Local {
-                path: job.path.display().to_string(),
-                reason,
-            })
-        }
-        Err(SendError::Write(e)) => return Err(broken(e.to_string())),
+        Err(SendError::Local(e)) => return Err(ClientError::read(&job.path, e)),
+        Err(SendError::Write(e)) => return Err(io_broken(e)),
     };
-    stream.shutdown().await.map_err(|e| broken(e.to_string()))?;
+    stream.shutdown().await.map_err(io_broken)?;
     // Give the server the chance to finish storing before we report.
     let mut sink = [0u8; 1024];
     let _ = tokio::time::timeout(CLOSE_WAIT, async {

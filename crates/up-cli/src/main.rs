@@ -1,105 +1,174 @@
 //! `up-cli` binary: parses arguments, collects the files and calls
-//! [`up_cli::client::upload_all`] (or [`up_cli::legacy::upload`]).
+//! [`up_cli::client::upload_all`] (or [`up_cli::legacy::upload`]), or runs
+//! `ls` / `get` through [`up_cli::download`].
 //!
-//! stdout carries exactly one `<sha256>  <stored name>` line per stored file;
-//! everything else goes to stderr. Exit codes: 0 every file stored and
-//! verified, 1 any failure (one line each), 2 usage error.
+//! stdout carries exactly one `<sha256>  <name>` line per stored (or
+//! downloaded, or listed) file; everything else goes to stderr. Exit codes:
+//! 0 every file stored and verified, 1 any failure (one `error:` line each),
+//! 2 usage error, 130 interrupted (rerun to resume).
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
+use up_cli::download::{self, GetOptions};
+use up_cli::jobs::{self, FileJob, Naming};
 use up_cli::progress::Console;
-use up_cli::{Options, Reporter};
+use up_cli::{Options, Reporter, Target};
 
-/// Upload files to up-srv with SHA-256 verification, resume and progress bars.
+/// Upload files to up-srv with SHA-256 verification, resume and progress
+/// bars; list and fetch them back.
 ///
 /// Prints one "<sha256>  <name>" line per stored file (names relative to the
-/// server's upload dir), so `cd uploads && up-cli ... | sha256sum -c` checks them.
+/// server's upload dir), so `cd uploads && up-cli ... | sha256sum -c` checks
+/// them. Running the same command again stores nothing twice: interrupted
+/// files resume, and files the server already holds with the same SHA-256
+/// are skipped ("already stored").
 #[derive(Debug, Parser)]
 #[command(
     version,
     about,
-    long_about = None,
+    subcommand_negates_reqs = true,
     after_help = "Examples:\n  \
     up-cli photo.jpg notes.pdf             upload two files to 127.0.0.1:9998\n  \
-    up-cli -r holiday/                     a directory, keeping relative paths\n  \
-    up-cli --host ::1 -p 9000 big.iso      another server (IPv6 loopback)\n  \
+    up-cli -r holiday/ --to 2026           a directory under 2026/, keeping relative paths\n  \
+    tar c dir | up-cli - --as dir.tar      standard input (not resumable)\n  \
+    up-cli --host [::1]:9000 big.iso       another server (IPv6 loopback)\n  \
     up-cli --limit-rate 1M big.iso         throttle to 1 MiB/s; rerun to resume if cut\n  \
-    up-cli --legacy photo.jpg              the original tutorial's protocol\n  \
-    up-cli -p 9999 --tls-pin AB:CD:... a.jpg   TLS, accepting only the certificate up-srv logged\n  \
-    up-cli --token-file ~/.up-token a.jpg  token from a file, not the process list\n  \
-    cd uploads && up-cli ../a.jpg | sha256sum -c   check the stored copy (same host)\n\n\
-    Exit codes: 0 every file stored and verified, 1 any failure, 2 usage error."
+    up-cli ls | sha256sum -c               (inside the upload dir) check every stored file\n  \
+    up-cli get photos/a.jpg -o restore/    download, verified against the stored SHA-256\n  \
+    up-cli --legacy photo.jpg              the original tutorial's protocol\n\n\
+    Exit codes: 0 every file stored and verified, 1 any failure, 2 usage error,\n\
+    130 interrupted (run the same command to resume)."
 )]
-struct Args {
-    /// Files (and with -r directories) to upload
-    #[arg(required = true, value_name = "PATH")]
-    paths: Vec<PathBuf>,
-    /// Server host
-    #[arg(long, default_value = "127.0.0.1")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    upload: UploadArgs,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Debug, Args)]
+struct ServerArgs {
+    /// Server: NAME, ADDRESS, HOST:PORT or [IPV6]:PORT
+    #[arg(long, global = true, default_value = "127.0.0.1")]
     host: String,
-    /// Server port
-    #[arg(short, long, default_value_t = up_cli::DEFAULT_PORT)]
-    port: u16,
-    /// Upload directories recursively, keeping their relative paths
-    #[arg(short, long)]
-    recursive: bool,
-    /// No progress, notices or summary; errors still print
-    #[arg(short, long)]
-    quiet: bool,
+    /// Server port [default: 9998, or the port in --host]
+    #[arg(short, long, global = true)]
+    port: Option<u16>,
     /// Shared token required by the server
     #[arg(
         long,
+        global = true,
         env = "UP_TOKEN",
         hide_env_values = true,
         conflicts_with = "token_file"
     )]
     token: Option<String>,
     /// Read the token from the first line of this file, so it stays out of the process list
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE")]
     token_file: Option<PathBuf>,
+    #[command(flatten)]
+    tls: transport::ClientTls,
+    /// No progress, notices or summary; errors still print
+    #[arg(short, long, global = true)]
+    quiet: bool,
+}
+
+#[derive(Debug, Args)]
+struct UploadArgs {
+    /// Files (and with -r directories) to upload; "-" reads standard input (needs --as;
+    /// not resumable: it is read to its end before sending)
+    #[arg(required = true, value_name = "PATH")]
+    paths: Vec<PathBuf>,
+    /// Upload directories recursively, keeping their relative paths
+    #[arg(short, long)]
+    recursive: bool,
+    /// Store a single upload under this name (required for "-")
+    #[arg(long = "as", value_name = "NAME")]
+    as_name: Option<String>,
+    /// Put every upload under this directory on the server
+    #[arg(long = "to", value_name = "DIR")]
+    to_dir: Option<String>,
+    /// Limit the upload rate (e.g. 500K, 4M); holds within a second's burst, also
+    /// after a resume. The server may end uploads slower than its --min-rate
+    #[arg(long, value_name = "SIZE_PER_SEC", value_parser = parse_rate)]
+    limit_rate: Option<u64>,
     /// Use the original protocol (size as text, wait for a reply, bytes, close); one file,
     /// no name, no verification, nothing on stdout
     #[arg(long)]
     legacy: bool,
-    /// Limit the upload rate to this many bytes per second (suffixes K, M, G); the server
-    /// may end uploads slower than its --min-rate (1 KiB/s by default; resume by rerunning)
-    #[arg(long, value_name = "BYTES_PER_SEC", value_parser = parse_rate)]
-    limit_rate: Option<u64>,
     /// Testing aid: send this many body bytes, then drop the connection and exit 1
     #[arg(long, hide = true, value_name = "BYTES")]
     abort_after: Option<u64>,
-    #[command(flatten)]
-    tls: transport::ClientTls,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List stored files as "<sha256>  <name>", the sha256sum format (needs up-srv --allow-get)
+    Ls {
+        /// Also show size and modification time (UTC)
+        #[arg(short = 'l')]
+        long: bool,
+        /// Only names starting with this
+        prefix: Option<String>,
+    },
+    /// Download stored files, verified against the SHA-256 recorded when they were
+    /// stored; an interrupted download resumes when run again (needs up-srv --allow-get)
+    Get {
+        /// Stored names, as `up-cli ls` shows them
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+        /// Directory to write into (names keep their directories)
+        #[arg(short, long, value_name = "DIR", default_value = ".")]
+        output: PathBuf,
+        /// Replace local files that already exist
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn parse_rate(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (digits, suffix) = s.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("invalid rate '{s}' (e.g. 500K)"))?;
-    let shift = match suffix.to_ascii_uppercase().as_str() {
-        "" | "B" => 0,
-        "K" => 10,
-        "M" => 20,
-        "G" => 30,
-        _ => return Err(format!("unknown rate suffix in '{s}' (use K, M or G)")),
-    };
-    match n.checked_mul(1 << shift) {
-        Some(0) | None => Err(format!("rate '{s}' must be between 1 byte/s and 2^64")),
-        Some(v) => Ok(v),
+    match proto::size::parse_size(s) {
+        Ok(0) => Err(format!("rate '{s}' must be at least 1 byte per second")),
+        Ok(v) => Ok(v),
+        Err(e) => Err(e.to_string()),
     }
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    if args.legacy && args.paths.len() != 1 {
-        eprintln!("up-cli: error: --legacy uploads exactly one file (the original protocol carries no name)");
-        return ExitCode::from(2);
-    }
+    let cli = Cli::parse();
+    let target = match Target::parse(&cli.server.host, cli.server.port, up_cli::DEFAULT_PORT) {
+        Ok(t) => t,
+        Err(e) => return usage(&e),
+    };
+    let token = match &cli.server.token_file {
+        Some(path) => match transport::secret::read_token_file(path) {
+            Ok(token) => Some(token),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        },
+        None => cli.server.token.clone().filter(|t| !t.is_empty()),
+    };
+    let tls = match cli.server.tls.connector() {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let opts = Options {
+        server: target,
+        tls,
+        token,
+        limit_rate: cli.upload.limit_rate,
+        abort_after: cli.upload.abort_after,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -107,11 +176,34 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("up-cli: error: cannot start the async runtime: {e}");
+            eprintln!("error: cannot start the async runtime: {e}");
             return ExitCode::from(1);
         }
     };
-    let ok = runtime.block_on(run(args));
+    let quiet = cli.server.quiet;
+    match cli.command {
+        Some(Command::Ls { long, prefix }) => runtime.block_on(ls(&opts, long, prefix)),
+        Some(Command::Get {
+            names,
+            output,
+            force,
+        }) => {
+            let get = GetOptions {
+                out_dir: output,
+                force,
+            };
+            runtime.block_on(get_files(&opts, &names, &get, quiet))
+        }
+        None => upload(&runtime, &opts, &cli.upload, quiet),
+    }
+}
+
+fn usage(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(2)
+}
+
+fn exit_code(ok: bool) -> ExitCode {
     if ok {
         ExitCode::SUCCESS
     } else {
@@ -119,73 +211,191 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args) -> bool {
-    let (jobs, errors) = up_cli::jobs::collect(&args.paths, args.recursive);
-    let total: u64 = jobs.iter().map(|j| j.size).sum();
-    let mut console = Console::new(args.quiet, total);
-    for e in &errors {
+/// Standard input, spooled to a temporary file so its size can be declared
+/// and its digest verified like any file's.
+struct Spooled {
+    job: FileJob,
+    _file: tempfile::NamedTempFile,
+}
+
+fn spool_stdin(naming: Naming<'_>, quiet: bool) -> Result<Spooled, String> {
+    let name = naming
+        .name("-")
+        .map_err(|e| format!("cannot upload standard input as {e}"))?;
+    if !quiet {
+        eprintln!("reading standard input...");
+    }
+    let mut file = tempfile::NamedTempFile::new()
+        .map_err(|e| format!("cannot create a temporary file: {}", up_cli::plain(&e)))?;
+    let size = std::io::copy(&mut std::io::stdin().lock(), file.as_file_mut())
+        .map_err(|e| format!("cannot read standard input: {}", up_cli::plain(&e)))?;
+    file.as_file_mut()
+        .flush()
+        .map_err(|e| format!("cannot write a temporary file: {}", up_cli::plain(&e)))?;
+    Ok(Spooled {
+        job: FileJob {
+            path: file.path().to_path_buf(),
+            name,
+            size,
+        },
+        _file: file,
+    })
+}
+
+fn upload(
+    runtime: &tokio::runtime::Runtime,
+    opts: &Options,
+    args: &UploadArgs,
+    quiet: bool,
+) -> ExitCode {
+    let stdin = args.paths.iter().filter(|p| p.as_os_str() == "-").count();
+    if args.as_name.is_some() && (args.paths.len() != 1 || args.recursive) {
+        return usage("--as names a single file; use --to DIR for several");
+    }
+    if stdin > 0 && (args.as_name.is_none() || args.paths.len() != 1) {
+        return usage("\"-\" (standard input) needs --as NAME and no other path");
+    }
+    if args.legacy && (args.paths.len() != 1 || stdin > 0) {
+        return usage("--legacy uploads exactly one file (the original protocol carries no name)");
+    }
+    let naming = Naming {
+        as_name: args.as_name.as_deref(),
+        to_dir: args.to_dir.as_deref(),
+    };
+    let mut _spooled = None;
+    let found = if stdin > 0 {
+        match spool_stdin(naming, quiet) {
+            Ok(s) => {
+                let found = jobs::Collected {
+                    jobs: vec![s.job.clone()],
+                    ..Default::default()
+                };
+                _spooled = Some(s);
+                found
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    } else {
+        jobs::collect(&args.paths, args.recursive, naming)
+    };
+    let total: u64 = found.jobs.iter().map(|j| j.size).sum();
+    let mut console = Console::new(quiet, found.jobs.len(), total);
+    for e in &found.errors {
         console.error(e);
     }
-    let token = match &args.token_file {
-        Some(path) => match transport::secret::read_token_file(path) {
-            Ok(token) => Some(token),
-            Err(e) => {
-                console.error(&e.to_string());
-                return false;
-            }
-        },
-        None => args.token.filter(|t| !t.is_empty()),
-    };
-    let tls = match args.tls.connector() {
-        Ok(tls) => tls,
-        Err(e) => {
-            console.error(&e.to_string());
-            return false;
-        }
-    };
-    let opts = Options {
-        host: args.host,
-        port: args.port,
-        tls,
-        token,
-        limit_rate: args.limit_rate,
-        abort_after: args.abort_after,
-    };
-    if jobs.is_empty() {
-        if errors.is_empty() {
+    for s in &found.skipped {
+        console.skipped(s);
+    }
+    if found.jobs.is_empty() {
+        if found.errors.is_empty() {
             console.error("nothing to upload");
         }
-        return false;
+        console.summary();
+        return ExitCode::from(1);
     }
-    if args.legacy {
+    let finished = runtime.block_on(async {
+        let work = send(opts, &found.jobs, args.legacy, &mut console);
+        tokio::select! {
+            () = work => true,
+            _ = tokio::signal::ctrl_c() => false,
+        }
+    });
+    if !finished {
+        let line = console.interrupted();
+        eprintln!("{line}");
+        return ExitCode::from(130);
+    }
+    exit_code(console.success())
+}
+
+async fn send(opts: &Options, jobs: &[FileJob], legacy: bool, console: &mut Console) {
+    if legacy {
         let job = &jobs[0];
-        match up_cli::legacy::upload(&opts, job, &mut console).await {
+        match up_cli::legacy::upload(opts, job, console).await {
             Ok(digest) => {
                 // No summary: nothing was verified, and "0 files" would mislead.
                 console.notice(&format!(
-                    "sent {} ({} bytes, sha256 {}) with the legacy protocol; the server does not confirm the stored name or digest",
+                    "sent {} ({}, sha256 {}) with the legacy protocol; the server does not confirm the stored name or digest",
                     job.name,
-                    job.size,
+                    proto::size::Readable(job.size),
                     proto::upload::hex(&digest)
                 ));
                 console.summary_quiet();
-                return console.failed == 0;
             }
             Err(e) => {
                 console.error(&format!("{}: {e}", job.name));
                 console.summary();
-                return false;
             }
         }
+        return;
     }
-    let report = up_cli::client::upload_all(&opts, &jobs, &mut console).await;
+    let report = up_cli::client::upload_all(opts, jobs, console).await;
     if let Some(e) = report.fatal {
-        console.error(&format!("{e}"));
-        let skipped = jobs.len() - report.outcomes.len();
-        if skipped > 0 {
-            console.notice(&format!("{skipped} file(s) not stored"));
-        }
+        console.fatal(&e.to_string(), jobs.len() - report.outcomes.len());
     }
     console.summary();
-    console.failed == 0
+}
+
+async fn ls(opts: &Options, long: bool, prefix: Option<String>) -> ExitCode {
+    let listed = match download::list(opts, prefix.as_deref().unwrap_or_default()).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    for f in listed {
+        let hex = proto::upload::hex(&f.sha256);
+        let name: String = f
+            .name
+            .chars()
+            .flat_map(|c| -> Vec<char> {
+                if c.is_control() {
+                    c.escape_default().collect()
+                } else {
+                    vec![c]
+                }
+            })
+            .collect();
+        let line = if long {
+            writeln!(
+                out,
+                "{hex}  {:>10}  {}  {name}",
+                proto::size::Readable(f.size).to_string(),
+                download::utc_time(f.mtime)
+            )
+        } else {
+            writeln!(out, "{hex}  {name}")
+        };
+        if line.is_err() {
+            // A closed stdout (`| head`) ends the listing quietly.
+            break;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+async fn get_files(opts: &Options, names: &[String], get: &GetOptions, quiet: bool) -> ExitCode {
+    let mut console = Console::new(quiet, names.len(), 0).downloading();
+    let finished = {
+        let work = download::get_all(opts, names, get, &mut console);
+        tokio::select! {
+            report = work => Some(report),
+            _ = tokio::signal::ctrl_c() => None,
+        }
+    };
+    let Some(report) = finished else {
+        let line = console.interrupted();
+        eprintln!("{line}");
+        return ExitCode::from(130);
+    };
+    if let Some(e) = report.fatal {
+        console.fatal(&e.to_string(), names.len() - report.outcomes.len());
+    }
+    console.summary();
+    exit_code(console.success())
 }

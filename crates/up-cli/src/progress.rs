@@ -1,50 +1,100 @@
-//! What the user sees: indicatif bars (a bar per file and a total, with
-//! bytes, rate and ETA) on a terminal, notices and errors on stderr, and one
-//! `<sha256>  <name>` line per stored file on stdout, then a summary.
+//! What the user sees: indicatif bars on stderr when it is a terminal (one
+//! bar per file, a total only when there are several files, a `verifying`
+//! bar while a local prefix is hashed), one `<sha256>  <name>` line per
+//! stored file on stdout, one `error: ...` line per problem, and a summary
+//! whose counts agree with those lines.
 //!
-//! Bars appear only when both stdout and stderr are terminals and `-q` is not
-//! given, so `up-cli ... | sha256sum -c` sees nothing but checksum lines.
+//! stdout never carries anything but checksum lines, so
+//! `up-cli ... | sha256sum -c` works whether or not bars are drawn.
 
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use proto::size::Readable;
 
-use crate::client::human_bytes;
-use crate::{FileJob, Outcome, Reporter};
+use crate::{Outcome, Reporter};
+
+/// Longest file name shown in a bar; longer ones are cut with an ellipsis.
+pub const BAR_NAME_CHARS: usize = 24;
+
+/// A local hash shorter than this prints no notice when no bar is drawn.
+const VERIFY_NOTICE_MIN: u64 = 8 * 1024 * 1024;
+
+/// What happened in this run, for the summary and the exit code.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Counts {
+    /// Files stored (or downloaded) and verified.
+    pub stored: usize,
+    /// Files the other side already held with the same digest.
+    pub already: usize,
+    /// Paths skipped by policy (symlinked directories): not failures.
+    pub skipped: usize,
+    /// Files that failed, one error line each.
+    pub failed: usize,
+    /// Files never attempted because the run stopped (one error line in all).
+    pub not_attempted: usize,
+    /// Body bytes sent (or received) in this run.
+    pub sent: u64,
+    /// Bytes the other side already held and were not sent again.
+    pub resumed: u64,
+}
 
 /// Terminal reporter; counts what happened for the summary and exit code.
 pub struct Console {
     quiet: bool,
     bars: Option<Bars>,
     started: Instant,
-    /// Files stored and verified.
-    pub stored: usize,
-    /// Files that failed (including collection errors reported through [`Console::error`]).
-    pub failed: usize,
-    /// Bytes of the stored files.
-    pub stored_bytes: u64,
+    /// What happened so far.
+    pub counts: Counts,
+    /// The file moving now: name, bytes done, size (for Ctrl-C's line).
+    current: Option<(String, u64, u64)>,
+    /// Hashed bytes are not transfer progress.
+    verifying: bool,
+    /// What the summary calls a file that arrived: `stored` or `downloaded`.
+    verb: &'static str,
 }
 
 struct Bars {
     multi: MultiProgress,
-    total: ProgressBar,
+    total: Option<ProgressBar>,
     file: Option<ProgressBar>,
 }
 
+/// `name` cut to `max` characters with an ellipsis in the middle, so both
+/// the start and the extension stay visible.
+pub fn shorten(name: &str, max: usize) -> String {
+    let count = name.chars().count();
+    if count <= max {
+        return name.to_string();
+    }
+    let keep = max.saturating_sub(1);
+    let head = keep / 2;
+    let tail = keep - head;
+    let start: String = name.chars().take(head).collect();
+    let end: String = name.chars().skip(count - tail).collect();
+    format!("{start}…{end}")
+}
+
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar())
+}
+
 impl Console {
-    /// A reporter for `total_bytes` across all files; bars only on a terminal.
-    pub fn new(quiet: bool, total_bytes: u64) -> Self {
-        let show = !quiet && std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
+    /// A reporter for `files` files of `total_bytes` in all; bars only when
+    /// stderr is a terminal and `-q` is not given.
+    pub fn new(quiet: bool, files: usize, total_bytes: u64) -> Self {
+        let show = !quiet && std::io::stderr().is_terminal();
         let bars = show.then(|| {
             let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-            let total = multi.add(ProgressBar::new(total_bytes));
-            total.set_style(
-                ProgressStyle::with_template(
-                    "total {bar:30.green/white} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-                )
-                .expect("valid template"),
-            );
+            let total = (files > 1).then(|| {
+                let bar = multi.add(ProgressBar::new(total_bytes));
+                bar.set_style(style(
+                    "{msg} {wide_bar:.green/white} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                ));
+                bar.set_message(format!("{files} files"));
+                bar
+            });
             Bars {
                 multi,
                 total,
@@ -55,10 +105,17 @@ impl Console {
             quiet,
             bars,
             started: Instant::now(),
-            stored: 0,
-            failed: 0,
-            stored_bytes: 0,
+            counts: Counts::default(),
+            current: None,
+            verifying: false,
+            verb: "stored",
         }
+    }
+
+    /// The same reporter for `get`: the summary says `downloaded`.
+    pub fn downloading(mut self) -> Self {
+        self.verb = "downloaded";
+        self
     }
 
     fn stderr_line(&self, line: &str) {
@@ -70,43 +127,109 @@ impl Console {
         }
     }
 
-    /// An error line that always shows, even with `-q`.
+    /// One problem with one file or path: always shown, counted as failed.
     pub fn error(&mut self, line: &str) {
-        self.failed += 1;
-        self.stderr_line(&format!("up-cli: {line}"));
+        self.counts.failed += 1;
+        self.stderr_line(&format!("error: {line}"));
     }
 
-    /// Removes the bars without printing a summary.
-    pub fn summary_quiet(&mut self) {
+    /// The run stopped: one line, and `left` files were not attempted.
+    pub fn fatal(&mut self, line: &str, left: usize) {
+        self.counts.not_attempted += left;
+        self.stderr_line(&format!("error: {line}"));
+    }
+
+    /// A path skipped by policy: a notice, not a failure.
+    pub fn skipped(&mut self, line: &str) {
+        self.counts.skipped += 1;
+        self.notice(line);
+    }
+
+    /// A warning that always shows.
+    pub fn warn(&mut self, line: &str) {
+        self.stderr_line(&format!("warning: {line}"));
+    }
+
+    /// The line for Ctrl-C: where the current file stood.
+    pub fn interrupted(&mut self) -> String {
+        self.clear_bars();
+        match &self.current {
+            Some((name, done, size)) => format!(
+                "interrupted at {} of {} of {name}: run the same command to resume",
+                Readable(*done),
+                Readable(*size)
+            ),
+            None => "interrupted: run the same command to resume".to_string(),
+        }
+    }
+
+    fn clear_bars(&mut self) {
         if let Some(b) = self.bars.take() {
-            b.total.finish_and_clear();
+            if let Some(f) = b.file {
+                f.finish_and_clear();
+            }
+            if let Some(t) = b.total {
+                t.finish_and_clear();
+            }
             let _ = b.multi.clear();
         }
     }
 
+    /// Removes the bars without printing a summary.
+    pub fn summary_quiet(&mut self) {
+        self.clear_bars();
+    }
+
     /// Prints the final summary to stderr (not with `-q`).
     pub fn summary(&mut self) {
-        self.summary_quiet();
-        if self.quiet {
-            return;
+        self.clear_bars();
+        if !self.quiet {
+            eprintln!(
+                "{}",
+                summary_line(&self.counts, self.started.elapsed(), self.verb)
+            );
         }
-        eprintln!(
-            "{}",
-            summary_line(
-                self.stored,
-                self.stored_bytes,
-                self.started.elapsed(),
-                self.failed
-            )
-        );
+    }
+
+    /// True when nothing failed.
+    pub fn success(&self) -> bool {
+        self.counts.failed == 0 && self.counts.not_attempted == 0
+    }
+
+    fn new_file_bar(&mut self, len: u64, template: &str, message: String) {
+        if let Some(b) = &mut self.bars {
+            let bar = match &b.total {
+                Some(total) => b.multi.insert_before(total, ProgressBar::new(len)),
+                None => b.multi.add(ProgressBar::new(len)),
+            };
+            bar.set_style(style(template));
+            bar.set_message(message);
+            if let Some(old) = b.file.replace(bar) {
+                old.finish_and_clear();
+                b.multi.remove(&old);
+            }
+        }
     }
 }
 
-/// The final summary, in units that fit: `1 file, 12 B in 3 ms (4.0 KiB/s),
-/// all verified`. The rate is left out when too little time passed for it
-/// to mean anything.
-pub fn summary_line(stored: usize, bytes: u64, elapsed: Duration, failed: usize) -> String {
-    let files = if stored == 1 { "file" } else { "files" };
+/// The final summary, in units that fit, e.g. `2 files stored: 5.0 MiB sent
+/// in 2.5 s (2.0 MiB/s), all verified`. The rate is left out when too little
+/// time passed for it to mean anything.
+pub fn summary_line(c: &Counts, elapsed: Duration, verb: &str) -> String {
+    let files = |n: usize| if n == 1 { "file" } else { "files" };
+    let mut parts = vec![format!("{} {} {verb}", c.stored, files(c.stored))];
+    if c.already > 0 {
+        parts.push(format!("{} already stored", c.already));
+    }
+    if c.skipped > 0 {
+        parts.push(format!("{} skipped", c.skipped));
+    }
+    if c.failed > 0 {
+        parts.push(format!("{} failed", c.failed));
+    }
+    if c.not_attempted > 0 {
+        parts.push(format!("{} not attempted", c.not_attempted));
+    }
     let took = if elapsed < Duration::from_millis(1) {
         "<1 ms".to_string()
     } else if elapsed < Duration::from_secs(1) {
@@ -114,44 +237,79 @@ pub fn summary_line(stored: usize, bytes: u64, elapsed: Duration, failed: usize)
     } else {
         format!("{:.1} s", elapsed.as_secs_f64())
     };
-    let rate = if elapsed < Duration::from_millis(1) {
+    let rate = if elapsed < Duration::from_millis(1) || c.sent == 0 {
         String::new()
     } else {
-        let per_sec = bytes as f64 / elapsed.as_secs_f64();
-        format!(" ({}/s)", human_bytes(per_sec as u64))
+        let per_sec = c.sent as f64 / elapsed.as_secs_f64();
+        format!(" ({}/s)", Readable(per_sec as u64))
     };
-    let verdict = if failed == 0 {
-        "all verified".to_string()
+    let resumed = if c.resumed > 0 {
+        format!(", {} resumed", Readable(c.resumed))
     } else {
-        format!("{failed} failed")
+        String::new()
+    };
+    let sent = if verb == "stored" { "sent" } else { "received" };
+    let verdict = if c.failed == 0 && c.not_attempted == 0 {
+        ", all verified"
+    } else {
+        ""
     };
     format!(
-        "{stored} {files}, {} in {took}{rate}, {verdict}",
-        human_bytes(bytes)
+        "{}: {} {sent} in {took}{rate}{resumed}{verdict}",
+        parts.join(", "),
+        Readable(c.sent)
     )
 }
 
 impl Reporter for Console {
-    fn file_started(&mut self, job: &FileJob, offset: u64) {
-        if let Some(b) = &mut self.bars {
-            let bar = b.multi.insert_before(&b.total, ProgressBar::new(job.size));
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{msg:20!} {bar:30.cyan/blue} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-                )
-                .expect("valid template"),
+    fn verifying(&mut self, name: &str, bytes: u64) {
+        self.verifying = true;
+        let message = format!("verifying {} already on the server", Readable(bytes));
+        if self.bars.is_some() {
+            let label = format!("{} {message}", shorten(name, BAR_NAME_CHARS));
+            self.new_file_bar(
+                bytes,
+                "{msg} {wide_bar:.yellow/white} {bytes}/{total_bytes}",
+                label,
             );
-            bar.set_message(job.name.clone());
-            bar.set_position(offset);
-            bar.reset_eta();
-            b.total.inc(offset);
-            b.file = Some(bar);
+        } else if !self.quiet && bytes >= VERIFY_NOTICE_MIN {
+            self.stderr_line(&format!("{name}: {message}"));
+        }
+    }
+
+    fn file_started(&mut self, name: &str, size: u64, offset: u64) {
+        self.verifying = false;
+        self.current = Some((name.to_string(), offset, size));
+        self.new_file_bar(
+            size,
+            "{msg} {wide_bar:.cyan/blue} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            shorten(name, BAR_NAME_CHARS),
+        );
+        if let Some(b) = &self.bars {
+            if let Some(f) = &b.file {
+                f.set_position(offset);
+                f.reset_eta();
+            }
+            if let Some(t) = &b.total {
+                // Download sizes are learnt one file at a time.
+                if self.verb == "downloaded" {
+                    t.inc_length(size);
+                }
+                t.inc(offset);
+            }
         }
     }
 
     fn advanced(&mut self, bytes: u64) {
+        if !self.verifying {
+            if let Some((_, done, _)) = &mut self.current {
+                *done += bytes;
+            }
+        }
         if let Some(b) = &self.bars {
-            b.total.inc(bytes);
+            if let (Some(t), false) = (&b.total, self.verifying) {
+                t.inc(bytes);
+            }
             if let Some(f) = &b.file {
                 f.inc(bytes);
             }
@@ -164,35 +322,52 @@ impl Reporter for Console {
         }
     }
 
-    fn finished(&mut self, job: &FileJob, outcome: &Outcome) {
+    fn finished(&mut self, size: u64, outcome: &Outcome) {
+        self.verifying = false;
+        self.current = None;
         if let Some(b) = &mut self.bars {
             if let Some(f) = b.file.take() {
                 f.finish_and_clear();
                 b.multi.remove(&f);
             }
         }
-        match outcome {
-            Outcome::Stored { name, sha256, .. } => {
-                self.stored += 1;
-                self.stored_bytes += job.size;
-                let line = format!("{}  {name}", proto::upload::hex(sha256));
-                let print = || {
-                    // A closed stdout (`| head`) is not an error worth reporting.
-                    let _ = writeln!(std::io::stdout().lock(), "{line}");
-                };
-                match &self.bars {
-                    Some(b) => b.multi.suspend(print),
-                    None => print(),
+        let (name, sha256) = match outcome {
+            Outcome::Stored {
+                name,
+                sha256,
+                sent,
+                resumed,
+            } => {
+                self.counts.stored += 1;
+                self.counts.sent += sent;
+                self.counts.resumed += resumed;
+                (name, sha256)
+            }
+            Outcome::AlreadyStored { name, sha256 } => {
+                self.counts.already += 1;
+                if let Some(t) = self.bars.as_ref().and_then(|b| b.total.as_ref()) {
+                    t.inc(size);
                 }
+                self.notice(&format!("{name}: already stored"));
+                (name, sha256)
             }
             Outcome::Failed(reason) => {
                 // Shrink the total so the ETA stays honest.
-                if let Some(b) = &self.bars {
-                    let len = b.total.length().unwrap_or(0);
-                    b.total.set_length(len.saturating_sub(job.size));
+                if let Some(t) = self.bars.as_ref().and_then(|b| b.total.as_ref()) {
+                    t.set_length(t.length().unwrap_or(0).saturating_sub(size));
                 }
                 self.error(reason);
+                return;
             }
+        };
+        let line = format!("{}  {name}", proto::upload::hex(sha256));
+        let print = || {
+            // A closed stdout (`| head`) is not an error worth reporting.
+            let _ = writeln!(std::io::stdout().lock(), "{line}");
+        };
+        match &self.bars {
+            Some(b) => b.multi.suspend(print),
+            None => print(),
         }
     }
 }
@@ -201,29 +376,58 @@ impl Reporter for Console {
 mod tests {
     use std::time::Duration;
 
-    use super::summary_line;
+    use super::*;
 
     #[test]
-    fn summary_uses_fitting_units() {
+    fn summary_says_what_was_sent_and_what_was_not() {
+        let one = Counts {
+            stored: 1,
+            sent: 12,
+            ..Counts::default()
+        };
         assert_eq!(
-            summary_line(1, 12, Duration::from_millis(3), 0),
-            "1 file, 12 B in 3 ms (3.9 KiB/s), all verified"
+            summary_line(&one, Duration::from_millis(3), "stored"),
+            "1 file stored: 12 B sent in 3 ms (3.9 KiB/s), all verified"
         );
+        let mixed = Counts {
+            stored: 2,
+            already: 1,
+            skipped: 1,
+            failed: 1,
+            sent: 300 << 20,
+            resumed: 200 << 20,
+            ..Counts::default()
+        };
         assert_eq!(
-            summary_line(2, 5 << 20, Duration::from_millis(2500), 0),
-            "2 files, 5.0 MiB in 2.5 s (2.0 MiB/s), all verified"
+            summary_line(&mixed, Duration::from_secs(10), "stored"),
+            "2 files stored, 1 already stored, 1 skipped, 1 failed: 300.0 MiB sent in 10.0 s (30.0 MiB/s), 200.0 MiB resumed"
         );
+        let none = Counts {
+            not_attempted: 3,
+            ..Counts::default()
+        };
         assert_eq!(
-            summary_line(1, 3 << 30, Duration::from_secs(3), 1),
-            "1 file, 3.0 GiB in 3.0 s (1.0 GiB/s), 1 failed"
+            summary_line(&none, Duration::from_micros(200), "stored"),
+            "0 files stored, 3 not attempted: 0 B sent in <1 ms"
         );
+        let skipped = Counts {
+            already: 2,
+            ..Counts::default()
+        };
         assert_eq!(
-            summary_line(1, 1536, Duration::from_micros(200), 0),
-            "1 file, 1.5 KiB in <1 ms, all verified"
+            summary_line(&skipped, Duration::from_millis(268), "stored"),
+            "0 files stored, 2 already stored: 0 B sent in 268 ms, all verified"
         );
-        assert_eq!(
-            summary_line(0, 0, Duration::from_millis(999), 1),
-            "0 files, 0 B in 999 ms (0 B/s), 1 failed"
+    }
+
+    #[test]
+    fn long_names_keep_both_ends() {
+        assert_eq!(shorten("short.jpg", 24), "short.jpg");
+        let cut = shorten("a-very-long-holiday-photo-name-2026.jpeg", 24);
+        assert_eq!(cut.chars().count(), 24);
+        assert!(
+            cut.starts_with("a-very") && cut.ends_with("2026.jpeg") && cut.contains('…'),
+            "{cut}"
         );
     }
 }

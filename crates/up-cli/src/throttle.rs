@@ -1,16 +1,23 @@
-//! `--limit-rate`: paces body writes so the average rate stays at the limit,
-//! like curl's option (a real throttle, not a sleep per chunk).
+//! `--limit-rate`: a token bucket that holds the rate over any few seconds.
+//!
+//! The bucket starts empty when the first body byte is about to be sent and
+//! holds at most one second's worth of credit, so neither the time spent
+//! hashing a resumed prefix nor a stall can turn into a burst above the
+//! limit (the old average-since-start pacing could).
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// Paces writes to at most `rate` bytes per second since its creation.
+/// Paces writes to at most `rate` bytes per second, bursting at most one
+/// second's worth after a pause.
 #[derive(Debug)]
 pub struct Throttle {
     rate: Option<u64>,
-    start: Instant,
-    sent: u64,
+    /// Credit in bytes, at most `rate`.
+    credit: f64,
+    /// When the credit was last brought up to date; `None` until the first byte.
+    last: Option<Instant>,
 }
 
 impl Throttle {
@@ -18,8 +25,8 @@ impl Throttle {
     pub fn new(rate: Option<u64>) -> Self {
         Throttle {
             rate: rate.filter(|r| *r > 0),
-            start: Instant::now(),
-            sent: 0,
+            credit: 0.0,
+            last: None,
         }
     }
 
@@ -32,15 +39,24 @@ impl Throttle {
         }
     }
 
-    /// Waits until `n` more bytes may be sent, then counts them.
+    /// Waits until `n` more bytes may be sent, then spends their credit.
     pub async fn take(&mut self, n: usize) {
-        self.sent += n as u64;
-        if let Some(rate) = self.rate {
-            let due = Duration::from_secs_f64(self.sent as f64 / rate as f64);
-            let at = self.start + due;
-            if at > Instant::now() {
-                tokio::time::sleep_until(at).await;
-            }
+        let Some(rate) = self.rate else {
+            return;
+        };
+        let rate_f = rate as f64;
+        let now = Instant::now();
+        let last = *self.last.get_or_insert(now);
+        self.credit = (self.credit + now.duration_since(last).as_secs_f64() * rate_f).min(rate_f);
+        self.last = Some(now);
+        let need = n as f64;
+        if self.credit < need {
+            let wait = Duration::from_secs_f64((need - self.credit) / rate_f);
+            tokio::time::sleep(wait).await;
+            self.last = Some(now + wait);
+            self.credit = 0.0;
+        } else {
+            self.credit -= need;
         }
     }
 }
@@ -58,13 +74,29 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn pacing_holds_the_average_rate() {
+    async fn pacing_holds_the_rate_from_the_first_byte() {
         let mut t = Throttle::new(Some(1000));
+        // Time before the first byte is not credit.
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
         let start = tokio::time::Instant::now();
         for _ in 0..10 {
             t.take(100).await;
         }
         let took = start.elapsed().as_secs_f64();
-        assert!((0.9..1.2).contains(&took), "took {took}");
+        assert!((0.95..1.05).contains(&took), "took {took}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stall_earns_at_most_one_second_of_burst() {
+        let mut t = Throttle::new(Some(1000));
+        t.take(100).await;
+        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+        let start = tokio::time::Instant::now();
+        for _ in 0..30 {
+            t.take(100).await;
+        }
+        // 3000 bytes at 1000/s with 1000 bytes of credit: 2 s, not 0.
+        let took = start.elapsed().as_secs_f64();
+        assert!((1.95..2.05).contains(&took), "took {took}");
     }
 }

@@ -126,8 +126,8 @@ struct Worker {
 /// Receives exactly `expected` bytes (fewer on an early end): first from
 /// `pending` (bytes already read past the header), then from `stream`.
 /// Never reads past `expected`, so bytes after the body stay in the socket.
-pub async fn receive(
-    stream: &mut (impl AsyncRead + Unpin),
+pub async fn receive<S: AsyncRead + Unpin>(
+    stream: &mut S,
     pending: &mut BytesMut,
     expected: u64,
     file: File,

@@ -6,12 +6,16 @@
 //! `docs/PROTOCOL.md` ("Upload").
 //!
 //! # Layout
-//! - [`server`]: accept loop, connection and upload limits, shutdown.
+//! - [`server`]: accept loop, connection limit, shutdown.
+//! - [`shared`]: state shared by sessions (settings, storage, upload slots).
 //! - [`session`]: one connection: form detection, the legacy exchange and the
-//!   binary protocol's per-file state machine.
+//!   binary protocol's per-file state machine, listings and downloads.
 //! - [`body`]: receives a raw body while hashing and writing on a blocking thread.
-//! - [`storage`]: partial files, fsync, no-clobber rename, safe names; no sockets.
-//! - [`size`]: parsing `10G`-style sizes for `--max-size`.
+//! - [`sendfile`]: streams a stored file to a `get` client.
+//! - [`storage`]: partial files, fsync, no-clobber rename, digest records;
+//!   no sockets.
+//! - [`duration`]: parsing `30s`/`7d` durations for the flags (sizes use
+//!   [`proto::size`]).
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -20,13 +24,15 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 pub mod body;
+pub mod duration;
+pub mod sendfile;
 pub mod server;
 pub mod session;
-pub mod size;
+pub mod shared;
 pub mod storage;
 
-/// Port the server listens on unless told otherwise.
-pub const DEFAULT_PORT: u16 = 9998;
+/// Port the server listens on unless told otherwise (the wire default).
+pub const DEFAULT_PORT: u16 = proto::upload::DEFAULT_PORT;
 
 /// Default `--max-size`: 64 GiB.
 pub const DEFAULT_MAX_SIZE: u64 = 64 << 30;
@@ -84,6 +90,8 @@ pub struct Config {
     pub fsync: bool,
     /// Partials untouched for longer than this are removed at start.
     pub partial_max_age: Duration,
+    /// Serve `ls` and `get` (off by default: the server is a drop box).
+    pub allow_get: bool,
 }
 
 impl Config {
@@ -102,6 +110,7 @@ impl Config {
             token: None,
             fsync: true,
             partial_max_age: DEFAULT_PARTIAL_MAX_AGE,
+            allow_get: false,
         }
     }
 }
@@ -115,6 +124,9 @@ pub enum ServerError {
     /// The listener's address could not be read.
     #[error("cannot read the listening address: {0}")]
     LocalAddr(std::io::Error),
+    /// The server task failed (a bug: it panicked).
+    #[error("server task failed: {0}")]
+    Task(String),
 }
 
 /// Serves uploads on `listener` until `shutdown` completes, then lets
@@ -134,7 +146,8 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    server::serve(ports, config, shutdown).await
+    let prepared = server::prepare(config).await?;
+    server::serve(ports, prepared, shutdown).await
 }
 
 /// Where `up-srv` keeps its self-signed TLS certificate without
@@ -146,4 +159,47 @@ pub fn default_state_dir(upload_dir: &std::path::Path) -> PathBuf {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or_else(|| std::path::Path::new("."));
     parent.join(".tls")
+}
+
+/// A server running on its own task, for tests, benchmarks and the clients'
+/// tests: stop it with [`Handle::stop`] (or drop it to cancel without waiting).
+#[derive(Debug)]
+pub struct Handle {
+    /// The address it listens on.
+    pub addr: std::net::SocketAddr,
+    shutdown: tokio_util::sync::CancellationToken,
+    /// Cancels the server when the handle is dropped without `stop`.
+    _guard: tokio_util::sync::DropGuard,
+    task: tokio::task::JoinHandle<Result<(), ServerError>>,
+}
+
+impl Handle {
+    /// Triggers shutdown and waits for [`run`] to return.
+    pub async fn stop(self) -> Result<(), ServerError> {
+        self.shutdown.cancel();
+        match self.task.await {
+            Ok(r) => r,
+            Err(e) => Err(ServerError::Task(e.to_string())),
+        }
+    }
+}
+
+/// Runs the server on `listener` in a new task of the current runtime. The
+/// upload dir is opened before this returns, so a connection made right
+/// after finds it ready.
+pub async fn spawn(listener: TcpListener, config: Config) -> Result<Handle, ServerError> {
+    let addr = listener.local_addr().map_err(ServerError::LocalAddr)?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let token = shutdown.clone();
+    let prepared = server::prepare(config).await?;
+    let task = tokio::spawn(async move {
+        let port = transport::Port::plain(listener, server::hints().tls_client_on_plain_port);
+        server::serve(vec![port], prepared, async move { token.cancelled().await }).await
+    });
+    Ok(Handle {
+        addr,
+        _guard: shutdown.clone().drop_guard(),
+        shutdown,
+        task,
+    })
 }

@@ -27,13 +27,14 @@ use clap::Parser;
     up-srv -b ::1 -p 9000 --max-size 2G     IPv6 loopback, files up to 2 GiB\n  \
     up-srv --tls-port 9999                  TLS on 9999 as well (self-signed, fingerprint logged)\n  \
     up-srv -b 0.0.0.0 --tls-port 9999 --no-plain --token-file /etc/up-srv/token\n  \
+    up-srv --allow-get                      also serve `up-cli ls` and `up-cli get`\n  \
     RUST_LOG=debug up-srv                   verbose logs\n\n\
     Send files with `up-cli FILE...`; the original tutorial client works unmodified.\n\
     Exit codes: 0 clean shutdown (SIGINT/SIGTERM), 1 runtime error, 2 usage error."
 )]
 struct Args {
     /// Address to listen on (a non-loopback address without --token warns at start)
-    #[arg(short, long, default_value = "127.0.0.1")]
+    #[arg(short, long, value_name = "ADDRESS", default_value = "127.0.0.1")]
     bind: IpAddr,
     /// Port to listen on
     #[arg(short, long, default_value_t = up_srv::DEFAULT_PORT)]
@@ -44,25 +45,25 @@ struct Args {
     /// Replace existing files instead of storing "name (1).ext"
     #[arg(long)]
     overwrite: bool,
-    /// Largest accepted file, refused upfront (suffixes K, M, G, T)
-    #[arg(long, default_value = "64G", value_parser = up_srv::size::parse_size)]
+    /// Largest accepted file, refused upfront (e.g. 512M, 2G, 1T)
+    #[arg(long, value_name = "SIZE", default_value = "64G", value_parser = parse_size)]
     max_size: u64,
     /// Concurrent uploads; more are refused with a "too many uploads" code
-    #[arg(long, default_value_t = up_srv::DEFAULT_MAX_UPLOADS as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "COUNT", default_value_t = up_srv::DEFAULT_MAX_UPLOADS as u32, value_parser = clap::value_parser!(u32).range(1..))]
     max_uploads: u32,
     /// Connections held at once (plain and TLS together); more get a "server full" refusal
     #[arg(long, value_name = "N", default_value_t = up_srv::server::MAX_CONNECTIONS as u32, value_parser = clap::value_parser!(u32).range(1..))]
     max_connections: u32,
-    /// Close connections that send nothing for this many seconds (partials are kept)
-    #[arg(long, default_value_t = up_srv::DEFAULT_IDLE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
-    idle_timeout: u64,
-    /// Close connections that take longer than this many seconds to send one control
-    /// message (hello, offer, start, finish, legacy size), however steadily they drip it
-    #[arg(long, value_name = "SECS", default_value_t = up_srv::DEFAULT_HEADER_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
-    header_timeout: u64,
-    /// End uploads whose body averages fewer than this many bytes per second over a
-    /// 30 s window (partials are kept for resume); 0 = no minimum
-    #[arg(long, value_name = "BYTES_PER_SEC", default_value_t = up_srv::DEFAULT_MIN_RATE)]
+    /// Close connections that send nothing for this long (e.g. 30s, 5m); partials are kept
+    #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// Close connections that take longer than this to send one control message
+    /// (hello, offer, start, finish, legacy size), however steadily they drip it
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    header_timeout: Duration,
+    /// End uploads whose body averages less than this per second over a 30 s window
+    /// (e.g. 1K; partials are kept for resume); 0 = no minimum
+    #[arg(long, value_name = "SIZE", default_value = "1K", value_parser = parse_size)]
     min_rate: u64,
     /// Shared token binary clients must present; legacy-form clients, which cannot send one, are then refused
     #[arg(
@@ -75,15 +76,31 @@ struct Args {
     /// Read the token from the first line of this file, so it stays out of the process list
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
+    /// Serve `up-cli ls` and `up-cli get` (listing and downloading stored files);
+    /// off by default, and with --token the token is required for them too
+    #[arg(long)]
+    allow_get: bool,
     /// Skip fsync of files and directories. UNSAFE: a crash or power loss may
     /// lose or tear files already reported stored; for benchmarks only
     #[arg(long)]
     no_fsync: bool,
-    /// Remove partial uploads untouched for longer than this many seconds at start
-    #[arg(long, default_value_t = up_srv::DEFAULT_PARTIAL_MAX_AGE.as_secs())]
-    partial_max_age: u64,
+    /// Remove partial uploads untouched for longer than this at start (e.g. 7d, 12h)
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = up_srv::duration::parse_duration)]
+    partial_max_age: Duration,
     #[command(flatten)]
     tls: transport::ServerTls,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    proto::size::parse_size(s).map_err(|e| e.to_string())
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = up_srv::duration::parse_duration(s)?;
+    if d.is_zero() {
+        return Err(format!("duration '{s}' must be more than 0"));
+    }
+    Ok(d)
 }
 
 fn main() -> ExitCode {
@@ -92,7 +109,7 @@ fn main() -> ExitCode {
     match serve(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("up-srv: error: {e:#}");
+            eprintln!("error: {e:#}");
             ExitCode::from(1)
         }
     }
@@ -113,13 +130,14 @@ fn serve(args: Args) -> anyhow::Result<()> {
         max_size: args.max_size,
         max_uploads: args.max_uploads as usize,
         max_connections: args.max_connections as usize,
-        idle_timeout: Duration::from_secs(args.idle_timeout),
-        header_timeout: Duration::from_secs(args.header_timeout),
+        idle_timeout: args.idle_timeout,
+        header_timeout: args.header_timeout,
         min_rate: args.min_rate,
         min_rate_window: up_srv::MIN_RATE_WINDOW,
         token,
         fsync: !args.no_fsync,
-        partial_max_age: Duration::from_secs(args.partial_max_age),
+        partial_max_age: args.partial_max_age,
+        allow_get: args.allow_get,
     };
     let (ip, port, tls) = (args.bind, args.port, args.tls);
     let result = runtime.block_on(async move {
@@ -138,4 +156,23 @@ fn serve(args: Args) -> anyhow::Result<()> {
     // let a stuck disk hold the process past the shutdown promise.
     runtime.shutdown_timeout(Duration::from_millis(300));
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_defaults_match_the_library_defaults() {
+        let args = Args::parse_from(["up-srv"]);
+        assert_eq!(args.max_size, up_srv::DEFAULT_MAX_SIZE);
+        assert_eq!(args.idle_timeout, up_srv::DEFAULT_IDLE_TIMEOUT);
+        assert_eq!(args.header_timeout, up_srv::DEFAULT_HEADER_TIMEOUT);
+        assert_eq!(args.min_rate, up_srv::DEFAULT_MIN_RATE);
+        assert_eq!(args.partial_max_age, up_srv::DEFAULT_PARTIAL_MAX_AGE);
+        let args = Args::parse_from(["up-srv", "--idle-timeout", "30s", "--partial-max-age", "2"]);
+        assert_eq!(args.idle_timeout, Duration::from_secs(30));
+        assert_eq!(args.partial_max_age, Duration::from_secs(2));
+        assert!(Args::try_parse_from(["up-srv", "--idle-timeout", "0s"]).is_err());
+    }
 }

@@ -1,4 +1,5 @@
-//! Accept loop, shared limits and graceful shutdown.
+//! Accept loop, connection limit and graceful shutdown; the state sessions
+//! share is in `shared.rs`.
 //!
 //! The accept loop is the shared one of the `transport` crate: plain and TLS
 //! ports, one task per connection tracked by a `TaskTracker`, accept errors
@@ -8,20 +9,18 @@
 //! Concurrent uploads are capped by a semaphore that sessions try (never
 //! wait) to acquire, so the excess is refused with a code.
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use proto::upload::{RefusalCode, ServerMessage};
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, Semaphore};
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::shared::Shared;
 use crate::storage::Storage;
 use crate::{session, Config, ServerError};
 
@@ -32,74 +31,6 @@ pub const MAX_CONNECTIONS: usize = 1024;
 
 /// How long shutdown waits for sessions to stop before returning anyway.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
-
-/// State shared by all sessions.
-#[derive(Debug)]
-pub struct Shared {
-    /// Settings.
-    pub config: Config,
-    /// The upload dir.
-    pub storage: Storage,
-    /// Upload slots (`--max-uploads`).
-    pub uploads: Arc<Semaphore>,
-    /// Partial keys (name, size) being received, to refuse a second sender.
-    pub active: Mutex<HashSet<(String, u64)>>,
-    /// Cancelled when the server shuts down.
-    pub cancel: CancellationToken,
-    /// Signalled whenever an active entry is released.
-    pub released: Notify,
-}
-
-/// Removes an active (name, size) entry when the upload ends, however it ends.
-#[derive(Debug)]
-pub struct ActiveGuard<'a> {
-    shared: &'a Shared,
-    key: (String, u64),
-}
-
-/// How long an offer waits for the same (name, size) held by another
-/// connection. A client that re-runs right after an interruption usually
-/// races the server noticing the old connection's end; a short wait turns
-/// that race into a resume instead of a spurious "busy".
-pub const BUSY_WAIT: Duration = Duration::from_secs(2);
-
-impl Shared {
-    /// Like [`Shared::claim`], but waits up to [`BUSY_WAIT`] for the holder to finish.
-    pub async fn claim_wait(&self, name: &str, size: u64) -> Option<ActiveGuard<'_>> {
-        let deadline = tokio::time::Instant::now() + BUSY_WAIT;
-        loop {
-            let notified = self.released.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if let Some(guard) = self.claim(name, size) {
-                return Some(guard);
-            }
-            tokio::select! {
-                _ = self.cancel.cancelled() => return None,
-                r = tokio::time::timeout_at(deadline, notified) => if r.is_err() {
-                    return None;
-                },
-            }
-        }
-    }
-
-    /// Marks (name, size) as being received; `None` if another connection has it.
-    pub fn claim(&self, name: &str, size: u64) -> Option<ActiveGuard<'_>> {
-        let key = (name.to_string(), size);
-        let mut active = transport::lock(&self.active);
-        if !active.insert(key.clone()) {
-            return None;
-        }
-        Some(ActiveGuard { shared: self, key })
-    }
-}
-
-impl Drop for ActiveGuard<'_> {
-    fn drop(&mut self) {
-        transport::lock(&self.shared.active).remove(&self.key);
-        self.shared.released.notify_waiters();
-    }
-}
 
 fn is_loopback(addr: &SocketAddr) -> bool {
     addr.ip().is_loopback()
@@ -138,15 +69,22 @@ pub(crate) async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
+    let shared = prepare(config).await?;
     let port = transport::Port::plain(listener, hints().tls_client_on_plain_port);
-    serve(vec![port], config, shutdown).await
+    serve(vec![port], shared, shutdown).await
 }
 
-pub(crate) async fn serve(
-    ports: Vec<transport::Port>,
-    config: Config,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), ServerError> {
+/// Opens the upload dir and cleans its partials (on the blocking pool: the
+/// scan touches every partial): everything that can fail before the first
+/// connection.
+pub(crate) async fn prepare(config: Config) -> Result<Arc<Shared>, ServerError> {
+    match tokio::task::spawn_blocking(move || open_storage(config)).await {
+        Ok(r) => r,
+        Err(e) => Err(ServerError::Task(e.to_string())),
+    }
+}
+
+fn open_storage(config: Config) -> Result<Arc<Shared>, ServerError> {
     let storage = Storage::open(&config.dir, config.overwrite, config.fsync)?;
     let scan = storage.scan_partials(config.partial_max_age)?;
     if scan.removed > 0 {
@@ -159,14 +97,24 @@ pub(crate) async fn serve(
     for (name, size, held) in &scan.kept {
         info!("resumable partial upload kept: {name} ({held} of {size} bytes)");
     }
+    Ok(Arc::new(Shared::new(config, storage)))
+}
+
+/// Accepts connections on every port until `shutdown`, then stops the sessions.
+pub(crate) async fn serve(
+    ports: Vec<transport::Port>,
+    shared: Arc<Shared>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let config = &shared.config;
     for port in &ports {
         let addr = port.local_addr().map_err(ServerError::LocalAddr)?;
         if !is_loopback(&addr) && config.token.is_none() {
             warn!("listening on non-loopback address {addr} without a token: anyone who can reach it may upload (set --token, --token-file or UP_TOKEN)");
         }
-        let kind = if port.is_tls() { "TLS" } else { "plain" };
+        let with = if port.is_tls() { "with TLS " } else { "" };
         info!(
-            "listening on {addr} ({kind}), storing into {}",
+            "listening {with}on {addr}, storing into {}",
             config.dir.display()
         );
     }
@@ -174,15 +122,7 @@ pub(crate) async fn serve(
         warn!("--no-fsync: stored files may be lost or torn by a crash or power loss");
     }
 
-    let shared = Arc::new(Shared {
-        uploads: Arc::new(Semaphore::new(config.max_uploads)),
-        config,
-        storage,
-        active: Mutex::new(HashSet::new()),
-        cancel: CancellationToken::new(),
-        released: Notify::new(),
-    });
-    let max = shared.config.max_connections;
+    let max = config.max_connections;
     let gate = transport::Gate::new(
         max,
         refusal(
@@ -194,11 +134,9 @@ pub(crate) async fn serve(
     let session_shared = shared.clone();
     let handler = move |stream: transport::Stream| {
         let shared = session_shared.clone();
-        async move {
-            let _ = stream.set_nodelay(true);
-            let peer = stream.peer();
-            session::run(stream, peer, &shared).await;
-        }
+        let _ = stream.set_nodelay(true);
+        let peer = stream.peer();
+        session::run(stream, peer, shared)
     };
     tokio::select! {
         () = transport::serve(ports, gate, tracker.clone(), shared.cancel.clone(), handler) => {}

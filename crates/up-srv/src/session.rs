@@ -1,12 +1,22 @@
 //! One connection: detects its form, then runs the legacy exchange or the
-//! binary protocol's per-file state machine.
+//! binary protocol (uploads, and with `--allow-get` listings and downloads).
 //!
 //! ```text
 //! binary: Hello -> Welcome | Refuse(close)
-//!         loop { Offer -> Refuse | Accept ; Start ; body ; Finish -> Stored | Refuse }
+//!         loop { Offer -> [Present -> Skip | Proceed ->] Refuse | Accept ; Start ; body ;
+//!                         Finish -> Stored | Refuse
+//!              | List -> Entry* ListEnd | Refuse
+//!              | Get -> Sending ; Start ; <bytes to the client> | Refuse }
 //! legacy: "<digits>" [pause or CR/LF] -> "1001" ; <size bytes> ; close
 //!         (with --token: -> "refused: ..." line ; close, nothing stored)
 //! ```
+//!
+//! A file is handled in four steps, one function each: check the offer
+//! ([`Conn::check_offer`], [`Conn::already_stored`]), accept it
+//! ([`Conn::open_partial`], [`Conn::accept`]), receive the body
+//! ([`Conn::receive`]) and verify and store it ([`Conn::store`]). How a
+//! body that ended early is reported is decided once, by [`ended`], for
+//! both forms. Every storage call runs through [`Shared::blocking`].
 //!
 //! The session owns the buffer the codec decodes from, so bytes read past a
 //! `Start` frame (or past the legacy size) are handed to [`body::receive`] as
@@ -14,25 +24,29 @@
 //! on every read, the header deadline that runs from a control frame's first
 //! byte to its last (so a frame cannot be dripped forever), the body's
 //! minimum rate (in [`body::receive`]) and the legacy pause that completes an
-//! unterminated size.
-//! Errors end this connection only; they are logged with the peer address.
+//! unterminated size. The session is generic over its stream, so plain TCP
+//! and TLS share it. Errors end this connection only; they are logged with
+//! the peer address.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use proto::size::Readable;
 use proto::upload::{
-    self, ClientMessage, Form, RefusalCode, ServerCodec, ServerMessage, LEGACY_NAME, LEGACY_REPLY,
-    MAGIC, VERSION,
+    self, name, ClientMessage, Digest, Form, RefusalCode, ServerCodec, ServerMessage, LEGACY_NAME,
+    LEGACY_REPLY, MAGIC, MIN_VERSION, VERSION,
 };
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::Decoder;
 use tracing::{debug, info, warn};
 
-use crate::body::{self, BodyEnd, Pace};
-use crate::server::Shared;
-use crate::storage::{validate_name, PartialUpload, StorageError};
+use crate::body::{self, Body, BodyEnd, Pace};
+use crate::shared::Shared;
+use crate::storage::{validate_name, Fetch, PartialUpload, StorageError};
+use crate::{sendfile, Config};
 
 /// A legacy client that stops sending digits for this long has sent its whole
 /// size (the original client sends no terminator and waits for the reply).
@@ -46,13 +60,22 @@ const LEGACY_DRAIN_TIME: Duration = Duration::from_secs(1);
 
 /// Sent instead of `1001` when a legacy client reaches a server started with
 /// `--token`: the legacy form has no token field, so it cannot be authorised.
-pub const LEGACY_TOKEN_REFUSAL: &[u8] = b"refused: this server requires a token; use up-cli\n";
+/// Starts with [`upload::LEGACY_REFUSAL_PREFIX`].
+pub const LEGACY_TOKEN_REFUSAL: &[u8] =
+    b"refused: this server requires a token, which the legacy form cannot carry; drop --legacy and pass --token\n";
 
 /// Initial capacity of the control-message buffer.
 const CONTROL_BUF: usize = 16 * 1024;
 
 /// Longest time spent trying to deliver a refusal to a peer that may not read.
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Listing entries are written in batches of about this many bytes.
+const LIST_BATCH: usize = 64 * 1024;
+
+/// What a session can run over: plain TCP or TLS.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
 
 /// Why a session stops early.
 #[derive(Debug)]
@@ -71,28 +94,27 @@ enum Stop {
     Failed(String),
 }
 
-struct Conn<'a, S> {
+struct Conn<S> {
     stream: S,
     peer: SocketAddr,
     buf: BytesMut,
-    shared: &'a Shared,
+    shared: Arc<Shared>,
     /// When the control frame being received must be complete; set at its
     /// first byte, cleared once it decodes.
     frame_deadline: Option<tokio::time::Instant>,
+    /// Protocol version agreed in the hello; version 1 never sees `Present`.
+    version: u16,
 }
 
-/// Serves one connection (plain or TLS) to its end; never returns an error
-/// to the accept loop.
-pub async fn run<S>(stream: S, peer: SocketAddr, shared: &Shared)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
+/// Serves one connection to its end; never returns an error to the accept loop.
+pub async fn run<S: Stream>(stream: S, peer: SocketAddr, shared: Arc<Shared>) {
     let mut conn = Conn {
         stream,
         peer,
         buf: BytesMut::with_capacity(CONTROL_BUF),
         shared,
         frame_deadline: None,
+        version: MIN_VERSION,
     };
     let result = match conn.detect().await {
         Ok(Form::Legacy) => conn.legacy().await,
@@ -102,23 +124,90 @@ where
         )),
         Err(stop) => Err(stop),
     };
+    let config = &conn.shared.config;
     match result {
         Ok(()) | Err(Stop::Closed) => debug!(%peer, "connection closed"),
         Err(Stop::Cancelled) => debug!(%peer, "connection stopped by shutdown"),
         Err(Stop::Idle) => {
-            info!(%peer, "connection idle for {:?}, closed", shared.config.idle_timeout)
+            info!(%peer, "connection idle for {:?}, closed", config.idle_timeout)
         }
         Err(Stop::HeaderSlow) => info!(
             %peer,
             "control message not complete within {:?} of its first byte, closed",
-            shared.config.header_timeout
+            config.header_timeout
         ),
         Err(Stop::TooSlow(why)) => info!(%peer, "upload too slow, closed: {why}"),
         Err(Stop::Failed(why)) => warn!(%peer, "connection ended: {why}"),
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
+/// How a body that ended early is reported: the refusal (binary form only),
+/// the reason, and whether the received data must be discarded.
+struct Ended {
+    refusal: Option<RefusalCode>,
+    reason: String,
+    discard: bool,
+}
+
+/// The one mapping from a body's end to its report; `None` when complete.
+fn ended(end: &BodyEnd, config: &Config) -> Option<Ended> {
+    let (refusal, reason, discard) = match end {
+        BodyEnd::Complete => return None,
+        BodyEnd::Disconnected => (None, "peer disconnected mid-body".to_string(), false),
+        BodyEnd::Cancelled => (
+            Some(RefusalCode::ShuttingDown),
+            "server shutting down".to_string(),
+            false,
+        ),
+        BodyEnd::IdleTimeout => (
+            Some(RefusalCode::IdleTimeout),
+            format!("no data for {:?}", config.idle_timeout),
+            false,
+        ),
+        BodyEnd::TooSlow { received } => (
+            Some(RefusalCode::BodyTooSlow),
+            format!(
+                "only {} in {:?}, below the server's minimum of {}/s",
+                Readable(*received),
+                config.min_rate_window,
+                Readable(config.min_rate)
+            ),
+            false,
+        ),
+        BodyEnd::Read(e) => (None, format!("read failed mid-body: {e}"), false),
+        // What reached the disk is unknown after a failed write, and keeping
+        // it would hold space on a disk that may be full.
+        BodyEnd::Write(e) if e.raw_os_error() == Some(nix::errno::Errno::ENOSPC as i32) => (
+            Some(RefusalCode::StorageError),
+            "the server's disk is full (no space left)".to_string(),
+            true,
+        ),
+        BodyEnd::Write(e) => (
+            Some(RefusalCode::StorageError),
+            format!("server storage error ({e})"),
+            true,
+        ),
+    };
+    Some(Ended {
+        refusal,
+        reason,
+        discard,
+    })
+}
+
+impl Ended {
+    /// How the session stops, with the full reason for the log.
+    fn stop(&self, reason: String) -> Stop {
+        match self.refusal {
+            Some(RefusalCode::ShuttingDown) => Stop::Cancelled,
+            Some(RefusalCode::IdleTimeout) => Stop::Idle,
+            Some(RefusalCode::BodyTooSlow) => Stop::TooSlow(reason),
+            _ => Stop::Failed(reason),
+        }
+    }
+}
+
+impl<S: Stream> Conn<S> {
     /// Starts the header deadline if a control frame has begun arriving.
     fn mark_frame_start(&mut self) {
         if self.frame_deadline.is_none() && !self.buf.is_empty() {
@@ -203,15 +292,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
         }
     }
 
-    /// Logs a failure of the server's own storage and refuses the current
-    /// file with code 30; the client learns only that the server failed.
-    async fn refuse_storage(&mut self, name: &str, e: &(dyn std::fmt::Display + Sync)) {
+    /// Refuses one request; the connection goes on unless the code is one
+    /// that closes it ([`RefusalCode::closes_connection`], the one table).
+    async fn refuse_request(&mut self, code: RefusalCode, reason: String) -> Result<(), Stop> {
+        self.refuse(code, reason.clone()).await;
+        if code.closes_connection() {
+            Err(Stop::Failed(reason))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Logs a failure of the server's own storage and refuses with code 30
+    /// (which closes); the client learns only that the server failed.
+    async fn refuse_storage(&mut self, name: &str, e: &StorageError) -> Stop {
         warn!(peer = %self.peer, "{name}: {e}");
         self.refuse(
             RefusalCode::StorageError,
             format!("{name}: server storage error"),
         )
         .await;
+        Stop::Failed(format!("{name}: {e}"))
+    }
+
+    /// Refuses an out-of-order message and closes.
+    async fn unexpected(&mut self, expected: &str, got: &ClientMessage) -> Stop {
+        let reason = format!("expected {expected}, got {}", got.name());
+        self.refuse(RefusalCode::BadMessage, reason.clone()).await;
+        Stop::Failed(reason)
     }
 
     /// Reads the next client message; `Err(Stop::Closed)` at a clean EOF.
@@ -250,275 +358,340 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
         }
     }
 
+    /// Like [`Conn::read_message`], but a close here is a failure: `what`
+    /// says where the peer left.
+    async fn read_within_request(&mut self, what: &str) -> Result<ClientMessage, Stop> {
+        match self.read_message().await {
+            Err(Stop::Closed) => Err(Stop::Failed(format!("peer left {what}"))),
+            other => other,
+        }
+    }
+
     async fn binary(&mut self) -> Result<(), Stop> {
         bytes::Buf::advance(&mut self.buf, MAGIC.len());
-        match self.read_message().await? {
-            ClientMessage::Hello { version, token } => {
-                if version != VERSION {
-                    let reason = format!("protocol version {version} is not supported (this server speaks {VERSION}; upgrade up-cli)");
-                    self.refuse(RefusalCode::UnsupportedVersion, reason.clone())
-                        .await;
-                    return Err(Stop::Failed(reason));
-                }
-                if let Some(expected) = &self.shared.config.token {
-                    if !token_matches(expected, &token) {
-                        let reason = if token.is_empty() {
-                            "this server requires a token (pass --token or set UP_TOKEN)"
-                        } else {
-                            "wrong token"
-                        };
-                        self.refuse(RefusalCode::Unauthorized, reason).await;
-                        return Err(Stop::Failed(format!("refused: {reason}")));
-                    }
-                }
-            }
-            other => {
-                let reason = format!("expected hello, got {}", message_name(&other));
-                self.refuse(RefusalCode::BadMessage, reason.clone()).await;
-                return Err(Stop::Failed(reason));
-            }
-        }
-        self.send(ServerMessage::Welcome { version: VERSION })
-            .await?;
+        self.hello().await?;
         loop {
             match self.read_message().await? {
-                ClientMessage::Offer { name, size } => self.file(name, size).await?,
-                other => {
-                    let reason = format!("expected an offer, got {}", message_name(&other));
-                    self.refuse(RefusalCode::BadMessage, reason.clone()).await;
-                    return Err(Stop::Failed(reason));
+                ClientMessage::Offer { name, size } => self.file(name::nfc(&name), size).await?,
+                ClientMessage::List { prefix } if self.version >= 2 => self.list(prefix).await?,
+                ClientMessage::Get { name } if self.version >= 2 => {
+                    self.get(name::nfc(&name)).await?
                 }
+                other => return Err(self.unexpected("an offer", &other).await),
             }
         }
     }
 
-    /// One offered file: checks, accept, body, verification, storage.
-    /// Refusals that leave the stream in sync return `Ok` so the next offer can follow.
-    async fn file(&mut self, name: String, size: u64) -> Result<(), Stop> {
-        let shared = self.shared;
-        let config = &shared.config;
-        if let Err(e) = validate_name(&name) {
-            self.refuse(RefusalCode::BadName, format!("{}: {e}", shown(&name)))
+    async fn hello(&mut self) -> Result<(), Stop> {
+        let (version, token) = match self.read_message().await? {
+            ClientMessage::Hello { version, token } => (version, token),
+            other => return Err(self.unexpected("hello", &other).await),
+        };
+        if !(MIN_VERSION..=VERSION).contains(&version) {
+            let reason = format!(
+                "protocol version {version} is not supported (this server speaks {MIN_VERSION} to {VERSION}; use a matching up-cli)"
+            );
+            self.refuse(RefusalCode::UnsupportedVersion, reason.clone())
                 .await;
+            return Err(Stop::Failed(reason));
+        }
+        if let Some(expected) = &self.shared.config.token {
+            if !token_matches(expected, &token) {
+                let reason = if token.is_empty() {
+                    "this server requires a token (pass --token or set UP_TOKEN)"
+                } else {
+                    "wrong token"
+                };
+                self.refuse(RefusalCode::Unauthorized, reason).await;
+                return Err(Stop::Failed(format!("refused: {reason}")));
+            }
+        }
+        self.version = version;
+        let token_checked = self.shared.config.token.is_some();
+        self.send(ServerMessage::Welcome {
+            version,
+            token_checked,
+        })
+        .await
+    }
+
+    /// One offered file: check, accept, receive, verify and store. Refusals
+    /// that leave the stream in sync return `Ok` so the next request can follow.
+    async fn file(&mut self, name: String, size: u64) -> Result<(), Stop> {
+        if let Some((code, reason)) = self.check_offer(&name, size) {
+            return self.refuse_request(code, reason).await;
+        }
+        if self.version >= 2 && self.already_stored(&name, size).await? {
             return Ok(());
         }
-        if size > config.max_size {
-            self.refuse(
-                RefusalCode::TooLarge,
-                format!(
-                    "{name}: {size} bytes exceeds the server limit of {} bytes",
-                    config.max_size
-                ),
-            )
-            .await;
-            return Ok(());
-        }
+        let shared = self.shared.clone();
         let Ok(_slot) = shared.uploads.clone().try_acquire_owned() else {
-            self.refuse(
-                RefusalCode::TooManyUploads,
-                format!(
-                    "the server already runs {} uploads; retry later",
-                    config.max_uploads
-                ),
-            )
-            .await;
-            return Ok(());
+            let reason = format!(
+                "the server already runs {} uploads; retry later",
+                shared.config.max_uploads
+            );
+            return self
+                .refuse_request(RefusalCode::TooManyUploads, reason)
+                .await;
         };
         let Some(_active) = shared.claim_wait(&name, size).await else {
-            self.refuse(
-                RefusalCode::Busy,
-                format!("{name} ({size} bytes) is being uploaded by another connection"),
-            )
-            .await;
+            let reason = format!(
+                "{name} ({}) is being uploaded by another connection",
+                Readable(size)
+            );
+            return self.refuse_request(RefusalCode::Busy, reason).await;
+        };
+        let Some((partial, hasher)) = self.open_partial(&name, size).await? else {
             return Ok(());
         };
-        // Check the space before creating anything: a refused offer must
-        // not leave even the bookkeeping of a partial behind.
-        let missing = size - shared.storage.held(&name, size);
-        match shared.storage.free_space() {
-            Ok(free) if free < missing => {
-                self.refuse(
-                    RefusalCode::NoSpace,
-                    format!("{name}: needs {missing} bytes, the server has {free} free"),
-                )
-                .await;
-                return Ok(());
-            }
-            Ok(_) => {}
-            Err(e) => warn!(peer = %self.peer, "{e} (skipping the free-space check)"),
+        let (partial, hasher, start) = self.accept(&name, partial, hasher).await?;
+        let (partial, body) = self.receive(&name, size, partial, hasher, start).await?;
+        self.store(&name, partial, body, start).await
+    }
+
+    /// The checks that need no storage: the name policy and `--max-size`.
+    fn check_offer(&self, name: &str, size: u64) -> Option<(RefusalCode, String)> {
+        if let Err(e) = validate_name(name) {
+            return Some((RefusalCode::BadName, format!("{}: {e}", shown(name))));
         }
-        let opened = blocking(|| {
-            let mut partial = shared.storage.open_partial(&name, size)?;
-            let hasher = partial.hash_prefix()?;
-            Ok((partial, hasher))
-        })
-        .await;
-        let (mut partial, mut hasher) = match opened {
-            Ok(v) => v,
+        let max = self.shared.config.max_size;
+        if size > max {
+            let reason = format!(
+                "{name}: {} exceeds the server limit of {}",
+                Readable(size),
+                Readable(max)
+            );
+            return Some((RefusalCode::TooLarge, reason));
+        }
+        None
+    }
+
+    /// Version 2: when `name` is stored with this size, tells the client its
+    /// digest and lets it skip. `Ok(true)` when the client skipped.
+    async fn already_stored(&mut self, name: &str, size: u64) -> Result<bool, Stop> {
+        let n = name.to_string();
+        let digest = match self
+            .shared
+            .blocking(move |s| s.storage.stored_digest(&n, size))
+            .await
+        {
+            Ok(Some(d)) => d,
+            Ok(None) => return Ok(false),
             Err(e) => {
-                self.refuse_storage(&name, &e).await;
-                return Ok(());
+                warn!(peer = %self.peer, "{name}: {e} (cannot check for a stored copy)");
+                return Ok(false);
             }
         };
+        self.send(ServerMessage::Present { sha256: digest }).await?;
+        match self.read_within_request("after the present").await? {
+            ClientMessage::Skip => {
+                info!(peer = %self.peer, "{name}: already stored with the same digest, skipped");
+                Ok(true)
+            }
+            ClientMessage::Proceed => Ok(false),
+            other => Err(self.unexpected("skip or proceed", &other).await),
+        }
+    }
+
+    /// Checks the free space, then opens (or finds) the partial and hashes
+    /// its prefix. `Ok(None)` after a refusal that keeps the connection.
+    async fn open_partial(
+        &mut self,
+        name: &str,
+        size: u64,
+    ) -> Result<Option<(PartialUpload, Sha256)>, Stop> {
+        let n = name.to_string();
+        let opened = self
+            .shared
+            .blocking(move |s| {
+                // Check the space before creating anything: a refused offer
+                // must not leave even the bookkeeping of a partial behind.
+                let missing = size - s.storage.held(&n, size);
+                match s.storage.free_space() {
+                    Ok(free) if free < missing => return Ok(Err((missing, free))),
+                    Ok(_) => {}
+                    Err(e) => warn!("{e} (skipping the free-space check)"),
+                }
+                let mut partial = s.storage.open_partial(&n, size)?;
+                let hasher = partial.hash_prefix()?;
+                Ok(Ok((partial, hasher)))
+            })
+            .await;
+        match opened {
+            Ok(Ok(v)) => Ok(Some(v)),
+            Ok(Err((missing, free))) => {
+                let reason = format!(
+                    "{name}: needs {}, the server has {} free",
+                    Readable(missing),
+                    Readable(free)
+                );
+                self.refuse_request(RefusalCode::NoSpace, reason).await?;
+                Ok(None)
+            }
+            Err(e) => Err(self.refuse_storage(name, &e).await),
+        }
+    }
+
+    /// Sends the accept and reads the start; restarts the partial when the
+    /// client's prefix differs. Returns the offset the body starts at.
+    async fn accept(
+        &mut self,
+        name: &str,
+        partial: PartialUpload,
+        hasher: Sha256,
+    ) -> Result<(PartialUpload, Sha256, u64), Stop> {
         let offset = partial.len();
-        let prefix_sha256: [u8; 32] = hasher.clone().finalize().into();
+        let start = match self.confirm_start(name, offset, &hasher).await {
+            Ok(start) => start,
+            Err(stop) => {
+                self.drop_if_empty(partial).await;
+                return Err(stop);
+            }
+        };
+        if start == offset {
+            if start > 0 {
+                info!(peer = %self.peer, "{name}: resuming at {start} bytes");
+            }
+            return Ok((partial, hasher, start));
+        }
+        debug!(peer = %self.peer, "{name}: client restarts from 0 (prefix differs)");
+        let restarted = self
+            .shared
+            .blocking(move |_| {
+                let mut partial = partial;
+                partial.restart()?;
+                Ok(partial)
+            })
+            .await;
+        match restarted {
+            Ok(partial) => Ok((partial, Sha256::new(), 0)),
+            Err(e) => Err(self.refuse_storage(name, &e).await),
+        }
+    }
+
+    async fn confirm_start(
+        &mut self,
+        name: &str,
+        offset: u64,
+        hasher: &Sha256,
+    ) -> Result<u64, Stop> {
+        let prefix_sha256: Digest = hasher.clone().finalize().into();
         self.send(ServerMessage::Accept {
             offset,
             prefix_sha256,
         })
         .await?;
-
-        let start = match self.read_message().await {
-            Ok(ClientMessage::Start { offset }) => Ok(offset),
-            Ok(other) => {
-                let reason = format!("expected start, got {}", message_name(&other));
-                self.refuse(RefusalCode::BadMessage, reason.clone()).await;
-                Err(Stop::Failed(reason))
-            }
-            Err(Stop::Closed) => Err(Stop::Failed(format!("{name}: peer left after the accept"))),
-            Err(e) => Err(e),
-        };
-        let start = match start {
-            Ok(s) if s == offset || s == 0 => s,
-            Ok(s) => {
+        match self.read_within_request("after the accept").await? {
+            ClientMessage::Start { offset: s } if s == offset || s == 0 => Ok(s),
+            ClientMessage::Start { offset: s } => {
                 let reason =
                     format!("{name}: start offset {s} is neither 0 nor the accepted {offset}");
                 self.refuse(RefusalCode::BadOffset, reason.clone()).await;
-                drop_if_empty(shared, partial).await;
-                return Err(Stop::Failed(reason));
+                Err(Stop::Failed(reason))
             }
-            Err(stop) => {
-                drop_if_empty(shared, partial).await;
-                return Err(stop);
-            }
-        };
-        if start != offset {
-            if let Err(e) = blocking(|| partial.restart()).await {
-                self.refuse_storage(&name, &e).await;
-                return Err(Stop::Failed(e.to_string()));
-            }
-            hasher = Sha256::new();
-            debug!(peer = %self.peer, "{name}: client restarts from 0 (prefix differs)");
-        } else if start > 0 {
-            info!(peer = %self.peer, "{name}: resuming at {start} of {size} bytes");
+            other => Err(self.unexpected("start", &other).await),
         }
+    }
 
-        let began = Instant::now();
-        let expected = size - start;
-        let file = match partial.append_handle() {
-            Ok(f) => f,
-            Err(e) => {
-                self.refuse_storage(&name, &e).await;
-                return Err(Stop::Failed(e.to_string()));
-            }
+    /// Receives the body into the partial. An early end is reported through
+    /// [`ended`]; the partial is kept for a resume unless it must be discarded.
+    async fn receive(
+        &mut self,
+        name: &str,
+        size: u64,
+        partial: PartialUpload,
+        hasher: Sha256,
+        start: u64,
+    ) -> Result<(PartialUpload, Body), Stop> {
+        let handle = self
+            .shared
+            .blocking(move |_| {
+                let mut partial = partial;
+                let file = partial.append_handle()?;
+                Ok((partial, file))
+            })
+            .await;
+        let (mut partial, file) = match handle {
+            Ok(v) => v,
+            Err(e) => return Err(self.refuse_storage(name, &e).await),
         };
         let received = body::receive(
             &mut self.stream,
             &mut self.buf,
-            expected,
+            size - start,
             file,
             hasher,
-            &shared.cancel,
-            Pace::of(config),
+            &self.shared.cancel,
+            Pace::of(&self.shared.config),
         )
         .await;
         partial.add_len(received.written);
-        let kept = format!("{name}: {} of {size} bytes kept for resume", partial.len());
-        let stop = match received.end {
-            BodyEnd::Complete => None,
-            BodyEnd::Disconnected => {
-                Some(Stop::Failed(format!("peer disconnected mid-body; {kept}")))
-            }
-            BodyEnd::Cancelled => {
-                self.refuse(
-                    RefusalCode::ShuttingDown,
-                    format!("server shutting down; {kept}"),
-                )
-                .await;
-                Some(Stop::Cancelled)
-            }
-            BodyEnd::IdleTimeout => {
-                self.refuse(
-                    RefusalCode::IdleTimeout,
-                    format!("no data for {:?}; {kept}", config.idle_timeout),
-                )
-                .await;
-                Some(Stop::Idle)
-            }
-            BodyEnd::TooSlow { received } => {
-                let reason = format!(
-                    "only {received} bytes in {:?}, below the server's minimum of {} bytes/s; {kept}",
-                    config.min_rate_window, config.min_rate
-                );
-                self.refuse(RefusalCode::BodyTooSlow, reason.clone()).await;
-                Some(Stop::TooSlow(reason))
-            }
-            BodyEnd::Read(e) => Some(Stop::Failed(format!("read failed mid-body: {e}; {kept}"))),
-            BodyEnd::Write(e) => {
-                // What reached the disk is unknown after a failed write, and
-                // keeping it would hold space on a disk that may be full.
-                discard_quietly(shared, partial).await;
-                let reason = if e.raw_os_error() == Some(nix::errno::Errno::ENOSPC as i32) {
-                    format!("{name}: the server's disk is full (no space left); upload discarded")
-                } else {
-                    format!("{name}: server storage error ({e}); upload discarded")
-                };
-                warn!(peer = %self.peer, "writing {name}: {e}");
-                self.refuse(RefusalCode::StorageError, reason.clone()).await;
-                return Err(Stop::Failed(reason));
-            }
+        let Some(end) = ended(&received.end, &self.shared.config) else {
+            return Ok((partial, received));
         };
-        if let Some(stop) = stop {
-            drop_if_empty(shared, partial).await;
-            return Err(stop);
-        }
-
-        let claimed = match self.read_message().await {
-            Ok(ClientMessage::Finish { sha256 }) => sha256,
-            Ok(other) => {
-                let reason = format!("expected finish, got {}", message_name(&other));
-                self.refuse(RefusalCode::BadMessage, reason.clone()).await;
-                return Err(Stop::Failed(reason));
-            }
-            Err(Stop::Closed) => {
-                return Err(Stop::Failed(format!("peer left before the digest; {kept}")))
-            }
-            Err(e) => return Err(e),
-        };
-        let actual: [u8; 32] = received.hasher.finalize().into();
-        if actual != claimed {
-            let discard = blocking(|| shared.storage.discard(partial)).await;
-            if let Err(e) = discard {
-                warn!(peer = %self.peer, "{e}");
-            }
-            warn!(peer = %self.peer, "{name}: digest mismatch, data discarded");
-            self.refuse(
-                RefusalCode::DigestMismatch,
-                format!(
-                    "{name}: received data hashes to {}, the client sent {}; nothing was stored",
-                    upload::hex(&actual),
-                    upload::hex(&claimed)
-                ),
+        let tail = if end.discard {
+            "upload discarded".to_string()
+        } else {
+            format!(
+                "{} of {} kept for resume",
+                Readable(partial.len()),
+                Readable(size)
             )
-            .await;
-            return Ok(());
+        };
+        let reason = format!("{name}: {}; {tail}", end.reason);
+        if let Some(code) = end.refusal {
+            self.refuse(code, reason.clone()).await;
         }
-        let stored = match blocking(|| shared.storage.finish(partial, &name)).await {
-            Ok(stored) => stored,
-            Err(e) => {
-                warn!(peer = %self.peer, "{e}");
-                self.refuse(
-                    RefusalCode::StorageError,
-                    format!("{name}: server storage error: {e}"),
-                )
+        if end.discard {
+            self.discard_quietly(partial).await;
+        } else {
+            self.drop_if_empty(partial).await;
+        }
+        Err(end.stop(reason))
+    }
+
+    /// Reads the client's digest, compares it with what arrived and, when
+    /// they agree, stores the file under its final name.
+    async fn store(
+        &mut self,
+        name: &str,
+        partial: PartialUpload,
+        body: Body,
+        start: u64,
+    ) -> Result<(), Stop> {
+        let began = Instant::now();
+        let claimed = match self.read_within_request("before the digest").await {
+            Ok(ClientMessage::Finish { sha256 }) => sha256,
+            Ok(other) => return Err(self.unexpected("finish", &other).await),
+            Err(stop) => return Err(stop),
+        };
+        let actual: Digest = body.hasher.finalize().into();
+        if actual != claimed {
+            warn!(peer = %self.peer, "{name}: digest mismatch, data discarded");
+            self.discard_quietly(partial).await;
+            let reason = format!(
+                "{name}: received data hashes to {}, the client sent {}; nothing was stored",
+                upload::hex(&actual),
+                upload::hex(&claimed)
+            );
+            return self
+                .refuse_request(RefusalCode::DigestMismatch, reason)
                 .await;
-                return Ok(());
-            }
+        }
+        let n = name.to_string();
+        let size = partial.len();
+        let stored = match self
+            .shared
+            .blocking(move |s| s.storage.finish(partial, &n, &actual))
+            .await
+        {
+            Ok(stored) => stored,
+            Err(e) => return Err(self.refuse_storage(name, &e).await),
         };
         log_stored(
             self.peer,
             &stored,
-            expected,
+            size - start,
             began.elapsed(),
             &actual,
             start,
@@ -530,9 +703,153 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
         .await
     }
 
+    /// Refuses `ls`/`get` on a server started without `--allow-get`.
+    async fn refuse_unless_allowed(&mut self) -> Result<bool, Stop> {
+        if self.shared.config.allow_get {
+            return Ok(true);
+        }
+        let reason = "this server does not serve ls or get (start up-srv with --allow-get)";
+        self.refuse_request(RefusalCode::NotAllowed, reason.to_string())
+            .await?;
+        Ok(false)
+    }
+
+    /// Answers `List`: one entry per stored file under `prefix`, then the count.
+    async fn list(&mut self, prefix: String) -> Result<(), Stop> {
+        if !self.refuse_unless_allowed().await? {
+            return Ok(());
+        }
+        let listed = self.shared.blocking(move |s| s.storage.list(&prefix)).await;
+        let listed = match listed {
+            Ok(l) => l,
+            Err(e) => return Err(self.refuse_storage("listing", &e).await),
+        };
+        let mut out = BytesMut::with_capacity(LIST_BATCH);
+        let count = listed.len() as u64;
+        for entry in listed {
+            let msg = ServerMessage::Entry {
+                name: entry.name,
+                size: entry.size,
+                mtime: entry.mtime,
+                sha256: entry.sha256,
+            };
+            if let Err(e) = msg.encode_into(&mut out) {
+                warn!(peer = %self.peer, "cannot list an entry: {e}");
+            }
+            if out.len() >= LIST_BATCH {
+                self.write(&out).await?;
+                out.clear();
+            }
+        }
+        ServerMessage::ListEnd { count }
+            .encode_into(&mut out)
+            .map_err(|e| Stop::Failed(format!("cannot encode reply: {e}")))?;
+        self.write(&out).await
+    }
+
+    /// Answers `Get`: the size and recorded digest, then after the client's
+    /// start offset the rest of the file.
+    async fn get(&mut self, name: String) -> Result<(), Stop> {
+        if !self.refuse_unless_allowed().await? {
+            return Ok(());
+        }
+        if let Err(e) = validate_name(&name) {
+            let reason = format!("{}: {e}", shown(&name));
+            return self.refuse_request(RefusalCode::BadName, reason).await;
+        }
+        let n = name.clone();
+        let (file, size, sha256) = match self.shared.blocking(move |s| s.storage.fetch(&n)).await {
+            Ok(Fetch::Found { file, size, sha256 }) => (file, size, sha256),
+            Ok(Fetch::NotFound) => {
+                let reason = format!("{name}: no such file on the server");
+                return self.refuse_request(RefusalCode::NotFound, reason).await;
+            }
+            Ok(Fetch::Changed) => {
+                warn!(peer = %self.peer, "{name}: changed since it was stored; get refused");
+                let reason = format!(
+                    "{name}: the stored file changed since it was stored (its size or time no longer match the recorded digest), so the server cannot vouch for it"
+                );
+                return self.refuse_request(RefusalCode::Changed, reason).await;
+            }
+            Err(e) => return Err(self.refuse_storage(&name, &e).await),
+        };
+        self.send(ServerMessage::Sending { size, sha256 }).await?;
+        let offset = match self.read_within_request("after sending").await? {
+            ClientMessage::Start { offset } if offset <= size => offset,
+            ClientMessage::Start { offset } => {
+                let reason = format!("{name}: start offset {offset} is past the size {size}");
+                self.refuse(RefusalCode::BadOffset, reason.clone()).await;
+                return Err(Stop::Failed(reason));
+            }
+            other => return Err(self.unexpected("start", &other).await),
+        };
+        let idle = self.shared.config.idle_timeout;
+        let cancel = self.shared.cancel.clone();
+        match sendfile::send(&mut self.stream, file, offset, size - offset, &cancel, idle).await {
+            Ok(()) => {
+                info!(peer = %self.peer, "sent {name}: {} from {offset}", Readable(size - offset));
+                Ok(())
+            }
+            Err(sendfile::SendFileError::Cancelled) => Err(Stop::Cancelled),
+            Err(e) => Err(Stop::Failed(format!("{name}: {e}"))),
+        }
+    }
+
     async fn legacy(&mut self) -> Result<(), Stop> {
-        let shared = self.shared;
-        let config = &shared.config;
+        let size = self.legacy_size().await?;
+        if self.shared.config.token.is_some() {
+            return Err(self.legacy_refuse_token(size).await);
+        }
+        let _slot = self.legacy_admit(size).await?;
+        let partial = self
+            .shared
+            .blocking(|s| {
+                let mut partial = s.storage.open_temp()?;
+                let file = partial.append_handle()?;
+                Ok((partial, file))
+            })
+            .await;
+        let (mut partial, file) = partial.map_err(|e| Stop::Failed(e.to_string()))?;
+        if let Err(stop) = self.write(LEGACY_REPLY).await {
+            self.discard_quietly(partial).await;
+            return Err(stop);
+        }
+        let began = Instant::now();
+        let received = body::receive(
+            &mut self.stream,
+            &mut self.buf,
+            size,
+            file,
+            Sha256::new(),
+            &self.shared.cancel,
+            Pace::of(&self.shared.config),
+        )
+        .await;
+        partial.add_len(received.written);
+        if let Some(end) = ended(&received.end, &self.shared.config) {
+            // No name to resume by: an incomplete legacy upload is dropped.
+            let reason = format!(
+                "legacy upload: {} after {} of {}; discarded",
+                end.reason,
+                Readable(received.written),
+                Readable(size)
+            );
+            self.discard_quietly(partial).await;
+            return Err(end.stop(reason));
+        }
+        let digest: Digest = received.hasher.finalize().into();
+        let stored = self
+            .shared
+            .blocking(move |s| s.storage.finish(partial, LEGACY_NAME, &digest))
+            .await
+            .map_err(|e| Stop::Failed(e.to_string()))?;
+        log_stored(self.peer, &stored, size, began.elapsed(), &digest, 0);
+        self.drain_extra().await;
+        Ok(())
+    }
+
+    /// Reads the legacy size: digits ended by CR/LF, or by a pause.
+    async fn legacy_size(&mut self) -> Result<u64, Stop> {
         let (size, consumed) = loop {
             match upload::parse_legacy_size(&self.buf, false) {
                 Ok(Some(v)) => break v,
@@ -543,7 +860,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
             // deadline the connection is simply closed.
             let deadline = self.frame_deadline;
             let more = tokio::select! {
-                _ = shared.cancel.cancelled() => return Err(Stop::Cancelled),
+                _ = self.shared.cancel.cancelled() => return Err(Stop::Cancelled),
                 () = Self::frame_overdue(deadline) => return Err(Stop::HeaderSlow),
                 r = tokio::time::timeout(LEGACY_PAUSE, self.stream.read_buf(&mut self.buf)) => r,
             };
@@ -563,95 +880,57 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
         };
         bytes::Buf::advance(&mut self.buf, consumed);
         self.frame_deadline = None;
-        if config.token.is_some() {
-            // Nothing is opened or written: the reason takes the place of the
-            // reply, and the drain keeps the close from resetting it away.
-            let _ = tokio::time::timeout(
-                REFUSAL_WRITE_TIMEOUT,
-                self.stream.write_all(LEGACY_TOKEN_REFUSAL),
-            )
-            .await;
-            // Our FIN lets the client see the end of the reason at once.
-            let _ = self.stream.shutdown().await;
-            self.drain_extra().await;
-            return Err(Stop::Failed(format!(
-                "legacy upload of {size} bytes refused: a token is required and the legacy form cannot carry one"
-            )));
-        }
-        // The legacy form has no refusal message: closing before the reply is
-        // the only signal the original client understands.
+        Ok(size)
+    }
+
+    /// Under `--token`: the reason takes the place of the reply, nothing is
+    /// opened or written, and the drain keeps the close from resetting it away.
+    async fn legacy_refuse_token(&mut self, size: u64) -> Stop {
+        let _ = tokio::time::timeout(
+            REFUSAL_WRITE_TIMEOUT,
+            self.stream.write_all(LEGACY_TOKEN_REFUSAL),
+        )
+        .await;
+        // Our FIN lets the client see the end of the reason at once.
+        let _ = self.stream.shutdown().await;
+        self.drain_extra().await;
+        Stop::Failed(format!(
+            "legacy upload of {} refused: a token is required and the legacy form cannot carry one",
+            Readable(size)
+        ))
+    }
+
+    /// The legacy form has no refusal message: closing before the reply is
+    /// the only signal the original client understands.
+    async fn legacy_admit(&mut self, size: u64) -> Result<tokio::sync::OwnedSemaphorePermit, Stop> {
+        let config = &self.shared.config;
         if size > config.max_size {
             return Err(Stop::Failed(format!(
-                "legacy upload of {size} bytes exceeds --max-size {}",
-                config.max_size
+                "legacy upload of {} exceeds --max-size {}",
+                Readable(size),
+                Readable(config.max_size)
             )));
         }
-        if let Ok(free) = shared.storage.free_space() {
+        if let Ok(free) = self.shared.blocking(|s| s.storage.free_space()).await {
             if free < size {
                 return Err(Stop::Failed(format!(
-                    "legacy upload of {size} bytes: only {free} bytes free"
+                    "legacy upload of {}: only {} free",
+                    Readable(size),
+                    Readable(free)
                 )));
             }
         }
-        let Ok(_slot) = shared.uploads.clone().try_acquire_owned() else {
-            return Err(Stop::Failed(format!(
-                "legacy upload refused: {} uploads already running",
-                config.max_uploads
-            )));
-        };
-        let mut partial = blocking(|| shared.storage.open_temp())
-            .await
-            .map_err(|e| Stop::Failed(e.to_string()))?;
-        if let Err(stop) = self.write(LEGACY_REPLY).await {
-            discard_quietly(shared, partial).await;
-            return Err(stop);
-        }
-        let began = Instant::now();
-        let file = match partial.append_handle() {
-            Ok(f) => f,
-            Err(e) => {
-                discard_quietly(shared, partial).await;
-                return Err(Stop::Failed(e.to_string()));
-            }
-        };
-        let received = body::receive(
-            &mut self.stream,
-            &mut self.buf,
-            size,
-            file,
-            Sha256::new(),
-            &shared.cancel,
-            Pace::of(config),
-        )
-        .await;
-        partial.add_len(received.written);
-        let stop = match received.end {
-            BodyEnd::Complete => None,
-            BodyEnd::Disconnected => Some(Stop::Failed(format!(
-                "legacy client disconnected after {} of {size} bytes; discarded",
-                received.written
-            ))),
-            BodyEnd::Cancelled => Some(Stop::Cancelled),
-            BodyEnd::IdleTimeout => Some(Stop::Idle),
-            BodyEnd::TooSlow { received } => Some(Stop::TooSlow(format!(
-                "legacy client sent {received} bytes in {:?}, below {} bytes/s; discarded",
-                config.min_rate_window, config.min_rate
-            ))),
-            BodyEnd::Read(e) => Some(Stop::Failed(format!("read failed: {e}"))),
-            BodyEnd::Write(e) => Some(Stop::Failed(format!("write failed: {e}"))),
-        };
-        if let Some(stop) = stop {
-            // No name to resume by: an incomplete legacy upload is dropped.
-            discard_quietly(shared, partial).await;
-            return Err(stop);
-        }
-        let digest: [u8; 32] = received.hasher.finalize().into();
-        let stored = blocking(|| shared.storage.finish(partial, LEGACY_NAME))
-            .await
-            .map_err(|e| Stop::Failed(e.to_string()))?;
-        log_stored(self.peer, &stored, size, began.elapsed(), &digest, 0);
-        self.drain_extra().await;
-        Ok(())
+        let config = &self.shared.config;
+        self.shared
+            .uploads
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                Stop::Failed(format!(
+                    "legacy upload refused: {} uploads already running",
+                    config.max_uploads
+                ))
+            })
     }
 
     /// Discards bytes a legacy client sent past its declared size (bounded in
@@ -671,29 +950,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
             }
         }
     }
-}
 
-/// Removes a partial that holds no byte: there is nothing to resume, and
-/// empty bookkeeping left by every aborted offer would pile up.
-async fn drop_if_empty(shared: &Shared, partial: PartialUpload) {
-    if partial.is_empty() {
-        discard_quietly(shared, partial).await;
+    /// Removes a partial that holds no byte: there is nothing to resume, and
+    /// empty bookkeeping left by every aborted offer would pile up.
+    async fn drop_if_empty(&self, partial: PartialUpload) {
+        if partial.is_empty() {
+            self.discard_quietly(partial).await;
+        }
     }
-}
 
-async fn discard_quietly(shared: &Shared, partial: PartialUpload) {
-    if let Err(e) = blocking(|| shared.storage.discard(partial)).await {
-        warn!("{e}");
-    }
-}
-
-/// Runs a storage call off the async threads. `block_in_place` keeps the
-/// borrow of the shared state simple; it needs the multi-threaded runtime,
-/// so on a current-thread runtime the call simply runs inline.
-async fn blocking<T>(f: impl FnOnce() -> Result<T, StorageError>) -> Result<T, StorageError> {
-    match tokio::runtime::Handle::current().runtime_flavor() {
-        tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
-        _ => f(),
+    async fn discard_quietly(&self, partial: PartialUpload) {
+        if let Err(e) = self
+            .shared
+            .blocking(move |s| s.storage.discard(partial))
+            .await
+        {
+            warn!(peer = %self.peer, "{e}");
+        }
     }
 }
 
@@ -702,18 +975,18 @@ fn log_stored(
     name: &str,
     bytes: u64,
     took: Duration,
-    digest: &[u8; 32],
+    digest: &Digest,
     resumed_at: u64,
 ) {
     let secs = took.as_secs_f64().max(1e-6);
-    let rate = bytes as f64 / secs / (1024.0 * 1024.0);
+    let rate = Readable((bytes as f64 / secs) as u64);
     let resumed = if resumed_at > 0 {
         format!(" (resumed at {resumed_at})")
     } else {
         String::new()
     };
     info!(
-        "stored {name} from {peer}: {bytes} bytes{resumed} in {secs:.2} s ({rate:.1} MiB/s) sha256 {}",
+        "stored {name} from {peer}: {bytes} bytes{resumed} in {secs:.2} s ({rate}/s) sha256 {}",
         upload::hex(digest)
     );
 }
@@ -735,18 +1008,9 @@ fn token_matches(expected: &str, got: &str) -> bool {
     transport::secret::tokens_match(expected, got)
 }
 
-fn message_name(msg: &ClientMessage) -> &'static str {
-    match msg {
-        ClientMessage::Hello { .. } => "hello",
-        ClientMessage::Offer { .. } => "offer",
-        ClientMessage::Start { .. } => "start",
-        ClientMessage::Finish { .. } => "finish",
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::token_matches;
+    use super::*;
 
     #[test]
     fn token_comparison() {
@@ -755,5 +1019,30 @@ mod tests {
         assert!(!token_matches("abc", "ab"));
         assert!(!token_matches("abc", "abcd"));
         assert!(!token_matches("abc", ""));
+    }
+
+    #[test]
+    fn legacy_refusal_uses_the_wire_prefix() {
+        assert!(LEGACY_TOKEN_REFUSAL.starts_with(upload::LEGACY_REFUSAL_PREFIX));
+        assert!(LEGACY_TOKEN_REFUSAL.ends_with(b"\n"));
+    }
+
+    #[test]
+    fn body_ends_map_to_one_report() {
+        let config = Config::new("unused");
+        assert!(ended(&BodyEnd::Complete, &config).is_none());
+        let slow = ended(&BodyEnd::TooSlow { received: 2048 }, &config).expect("ended");
+        assert_eq!(slow.refusal, Some(RefusalCode::BodyTooSlow));
+        assert!(slow.reason.contains("2.0 KiB"), "{}", slow.reason);
+        let full = ended(
+            &BodyEnd::Write(std::io::Error::from_raw_os_error(
+                nix::errno::Errno::ENOSPC as i32,
+            )),
+            &config,
+        )
+        .expect("ended");
+        assert!(full.discard && full.reason.contains("disk is full"));
+        let gone = ended(&BodyEnd::Disconnected, &config).expect("ended");
+        assert!(gone.refusal.is_none() && !gone.discard);
     }
 }

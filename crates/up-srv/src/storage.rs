@@ -6,8 +6,10 @@
 //! clobbering (unless `--overwrite`) and fsyncs the directory, so a file under
 //! its final name is always complete. Every path below the upload dir is
 //! walked with `openat(O_NOFOLLOW)` from the dir's own descriptor, so a
-//! symlink planted inside the upload dir is never followed. The session
-//! (`session.rs`) calls these blocking functions from `spawn_blocking`.
+//! symlink planted inside the upload dir is never followed. Every stored
+//! file has a digest record (in [`PARTIAL_DIR`]/[`SUMS_DIR`]) that `ls`,
+//! `get` and the already-stored check read. All functions here block: the
+//! session calls each of them through `tokio::task::spawn_blocking`.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -20,120 +22,48 @@ use nix::errno::Errno;
 use nix::fcntl::{openat, renameat, renameat2, OFlag, RenameFlags};
 use nix::sys::stat::{fstatat, mkdirat, Mode};
 use nix::unistd::{unlinkat, UnlinkatFlags};
+use proto::upload::name::{self, NameError};
+use proto::upload::Digest;
 use sha2::{Digest as _, Sha256};
 
 /// Hidden directory inside the upload dir that holds partial uploads.
 /// Names starting with it are refused so no upload can land there.
 pub const PARTIAL_DIR: &str = ".partial";
 
-/// Longest accepted name component in bytes (common filesystem limit).
-pub const MAX_COMPONENT_LEN: usize = 255;
-
-/// Longest accepted name in bytes, all components included. Below the wire
-/// limit so that the whole stored path stays well under `PATH_MAX`.
-pub const MAX_NAME_LEN: usize = 1024;
-
-/// Deepest accepted directory nesting of a name.
-pub const MAX_DEPTH: usize = 32;
+/// Hidden directory inside [`PARTIAL_DIR`] holding one digest record per
+/// stored file: its SHA-256 with the size and mtime it was taken at, so a
+/// file changed behind the server's back is noticed and re-hashed.
+pub const SUMS_DIR: &str = "sums";
 
 /// How many ` (n)` suffixes are tried before giving up on a unique name.
 pub const MAX_UNIQUE_TRIES: u32 = 10_000;
 
-/// Buffer size for re-hashing a stored prefix on resume.
-const PREFIX_HASH_BUF: usize = 256 * 1024;
+/// Most files one listing returns; a larger upload dir is cut (and logged).
+pub const MAX_LIST_ENTRIES: usize = 100_000;
 
-/// Why a name is refused. The message is sent to the client as the reason.
+/// Buffer size for hashing a stored prefix or file.
+const HASH_BUF: usize = 256 * 1024;
+
+/// Why a name is refused: the shared policy of [`proto::upload::name`], or
+/// the one name this server keeps for itself.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum NameError {
-    /// The name is empty.
-    #[error("empty name")]
-    Empty,
-    /// The name is longer than [`MAX_NAME_LEN`].
-    #[error("name is {0} bytes long (limit {MAX_NAME_LEN})")]
-    TooLong(usize),
-    /// A component is longer than [`MAX_COMPONENT_LEN`].
-    #[error("name component is {0} bytes long (limit {MAX_COMPONENT_LEN})")]
-    ComponentTooLong(usize),
-    /// The name nests more than [`MAX_DEPTH`] directories.
-    #[error("name nests more than {MAX_DEPTH} directories")]
-    TooDeep,
-    /// The name starts with `/`.
-    #[error("absolute names are not accepted (send a relative name)")]
-    Absolute,
-    /// The name holds an empty component (`a//b`, trailing `/`).
-    #[error("empty path component (double or trailing '/')")]
-    EmptyComponent,
-    /// The name holds a `.` or `..` component.
-    #[error("'{0}' components are not accepted")]
-    DotComponent(&'static str),
-    /// The name holds a backslash.
-    #[error("backslashes are not accepted (use '/' between directories)")]
-    Backslash,
-    /// The name holds NUL or another control character.
-    #[error("control character 0x{0:02x} in name")]
-    ControlChar(u32),
-    /// A component is a Windows-reserved device name.
-    #[error("'{0}' is a reserved device name on Windows")]
-    Reserved(String),
+pub enum BadName {
+    /// The name breaks the shared policy.
+    #[error(transparent)]
+    Policy(#[from] NameError),
     /// The name would land in the partial-upload directory.
     #[error("names starting with '{PARTIAL_DIR}' are reserved for partial uploads")]
     PartialDir,
 }
 
-/// Checks that `name` is a plain relative `/`-separated name that is safe to
-/// create under the upload dir on any common filesystem.
-pub fn validate_name(name: &str) -> Result<(), NameError> {
-    if name.is_empty() {
-        return Err(NameError::Empty);
-    }
-    if name.len() > MAX_NAME_LEN {
-        return Err(NameError::TooLong(name.len()));
-    }
-    if let Some(c) = name.chars().find(|c| c.is_control()) {
-        return Err(NameError::ControlChar(u32::from(c)));
-    }
-    if name.contains('\\') {
-        return Err(NameError::Backslash);
-    }
-    if name.starts_with('/') {
-        return Err(NameError::Absolute);
-    }
+/// Checks `name` (already in NFC) against the shared policy and the
+/// server's reserved partial dir.
+pub fn validate_name(name: &str) -> Result<(), BadName> {
+    name::validate(name)?;
     if name.starts_with(PARTIAL_DIR) {
-        return Err(NameError::PartialDir);
-    }
-    let components: Vec<&str> = name.split('/').collect();
-    if components.len() > MAX_DEPTH + 1 {
-        return Err(NameError::TooDeep);
-    }
-    for c in components {
-        match c {
-            "" => return Err(NameError::EmptyComponent),
-            "." => return Err(NameError::DotComponent(".")),
-            ".." => return Err(NameError::DotComponent("..")),
-            _ => {}
-        }
-        if c.len() > MAX_COMPONENT_LEN {
-            return Err(NameError::ComponentTooLong(c.len()));
-        }
-        if is_windows_reserved(c) {
-            return Err(NameError::Reserved(c.to_string()));
-        }
+        return Err(BadName::PartialDir);
     }
     Ok(())
-}
-
-/// True for CON, PRN, AUX, NUL, COM1-9 and LPT1-9, any case, with any extension
-/// (Windows reserves `nul.txt` as well as `nul`).
-fn is_windows_reserved(component: &str) -> bool {
-    let stem = component.split('.').next().unwrap_or(component);
-    let stem = stem.trim_end_matches(' ').to_ascii_uppercase();
-    match stem.as_str() {
-        "CON" | "PRN" | "AUX" | "NUL" => true,
-        s if s.len() == 4 && (s.starts_with("COM") || s.starts_with("LPT")) => {
-            matches!(s.as_bytes()[3], b'1'..=b'9')
-        }
-        _ => false,
-    }
 }
 
 /// Storage failures, each naming the path involved.
@@ -165,6 +95,9 @@ pub enum StorageError {
         /// The offending component.
         component: String,
     },
+    /// The upload dir path names something that is not a directory.
+    #[error("upload dir {0} exists and is not a directory (pass --dir with a directory)")]
+    NotADir(PathBuf),
     /// Every ` (n)` suffix up to [`MAX_UNIQUE_TRIES`] is taken.
     #[error("cannot find a free name for {0} (too many copies)")]
     NoUniqueName(String),
@@ -197,6 +130,7 @@ pub struct Storage {
     root: PathBuf,
     root_fd: OwnedFd,
     partial_fd: OwnedFd,
+    sums_fd: OwnedFd,
     overwrite: bool,
     fsync: bool,
 }
@@ -226,7 +160,7 @@ impl PartialUpload {
         self.file
             .seek(SeekFrom::Start(0))
             .map_err(|e| io_err("read", self.data_name(), e))?;
-        let mut buf = vec![0u8; PREFIX_HASH_BUF];
+        let mut buf = vec![0u8; HASH_BUF];
         let mut left = self.len;
         while left > 0 {
             let want = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
@@ -277,6 +211,93 @@ impl PartialUpload {
     }
 }
 
+/// Size and modification time of a stored file, what its digest record is
+/// checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time in nanoseconds since the Unix epoch.
+    pub mtime_ns: u128,
+}
+
+impl Stamp {
+    fn of(file: &File) -> io::Result<Stamp> {
+        let meta = file.metadata()?;
+        let mtime_ns = meta
+            .modified()?
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        Ok(Stamp {
+            size: meta.len(),
+            mtime_ns,
+        })
+    }
+}
+
+/// What [`Storage::fetch`] found.
+#[derive(Debug)]
+pub enum Fetch {
+    /// No regular file of that name is stored.
+    NotFound,
+    /// The file changed since its digest was recorded.
+    Changed,
+    /// The file, its size and its recorded digest.
+    Found {
+        /// Open for reading.
+        file: File,
+        /// Size in bytes.
+        size: u64,
+        /// Recorded SHA-256.
+        sha256: Digest,
+    },
+}
+
+/// One stored file of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// Name relative to the upload dir.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, seconds since the Unix epoch.
+    pub mtime: u64,
+    /// SHA-256 of the content.
+    pub sha256: Digest,
+}
+
+/// Hashes the first `len` bytes of `file` from its start.
+fn hash_file(mut file: File, len: u64) -> io::Result<Digest> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; HASH_BUF];
+    let mut left = len;
+    while left > 0 {
+        let want = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+        let n = file.read(&mut buf[..want])?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        left -= n as u64;
+    }
+    Ok(hasher.finalize().into())
+}
+
+fn parse_hex(s: &str) -> Option<Digest> {
+    let bytes = s.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks(2).enumerate() {
+        let hi = char::from(pair[0]).to_digit(16)?;
+        let lo = char::from(pair[1]).to_digit(16)?;
+        out[i] = u8::try_from(hi * 16 + lo).ok()?;
+    }
+    Some(out)
+}
+
 /// Unique suffix source for non-resumable temp files.
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -287,6 +308,9 @@ impl Storage {
             path: root.to_path_buf(),
             cause,
         };
+        if root.exists() && !root.is_dir() {
+            return Err(StorageError::NotADir(root.to_path_buf()));
+        }
         std::fs::create_dir_all(root).map_err(open_err)?;
         let root_fd = openat(
             nix::fcntl::AT_FDCWD,
@@ -298,10 +322,14 @@ impl Storage {
         let partial_fd = open_or_create_dir(&root_fd, PARTIAL_DIR, fsync)
             .map_err(|e| open_err(e.into()))?
             .0;
+        let sums_fd = open_or_create_dir(&partial_fd, SUMS_DIR, fsync)
+            .map_err(|e| open_err(e.into()))?
+            .0;
         Ok(Storage {
             root: root.to_path_buf(),
             root_fd,
             partial_fd,
+            sums_fd,
             overwrite,
             fsync,
         })
@@ -428,8 +456,15 @@ impl Storage {
     }
 
     /// Makes a complete, verified partial durable under `name` (or a unique
-    /// variant of it) and returns the stored name relative to the upload dir.
-    pub fn finish(&self, partial: PartialUpload, name: &str) -> Result<String, StorageError> {
+    /// variant of it), records its digest, and returns the stored name
+    /// relative to the upload dir.
+    pub fn finish(
+        &self,
+        partial: PartialUpload,
+        name: &str,
+        sha256: &Digest,
+    ) -> Result<String, StorageError> {
+        let stamp = Stamp::of(&partial.file).map_err(|e| io_err("stat", partial.data_name(), e))?;
         if self.fsync {
             partial
                 .file
@@ -473,7 +508,7 @@ impl Storage {
                 } else {
                     unique_variant(leaf, n)
                 };
-                if candidate.len() > MAX_COMPONENT_LEN {
+                if candidate.len() > name::MAX_COMPONENT_LEN {
                     break;
                 }
                 match renameat2(
@@ -525,7 +560,236 @@ impl Storage {
             format!("{key}.meta").as_str(),
             UnlinkatFlags::NoRemoveDir,
         );
-        Ok(format!("{prefix}{stored_leaf}"))
+        let stored = format!("{prefix}{stored_leaf}");
+        self.write_record(&stored, stamp, sha256)?;
+        Ok(stored)
+    }
+
+    /// The record file of a stored name, flat like the partial keys.
+    fn record_name(name: &str) -> String {
+        let d: Digest = Sha256::digest(name.as_bytes()).into();
+        proto::upload::hex(&d[..16])
+    }
+
+    fn write_record(&self, name: &str, stamp: Stamp, sha256: &Digest) -> Result<(), StorageError> {
+        let file = Self::record_name(name);
+        let tmp = format!("{file}.tmp");
+        let body = format!(
+            "up-srv digest v1\nsha256={}\nsize={}\nmtime_ns={}\nname={name}\n",
+            proto::upload::hex(sha256),
+            stamp.size,
+            stamp.mtime_ns
+        );
+        let fd = openat(
+            &self.sums_fd,
+            tmp.as_str(),
+            OFlag::O_WRONLY
+                | OFlag::O_CREAT
+                | OFlag::O_TRUNC
+                | OFlag::O_NOFOLLOW
+                | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o644),
+        )
+        .map_err(|e| io_err("open", format!("{PARTIAL_DIR}/{SUMS_DIR}/{tmp}"), e))?;
+        let mut f = File::from(fd);
+        f.write_all(body.as_bytes())
+            .map_err(|e| io_err("write", format!("{PARTIAL_DIR}/{SUMS_DIR}/{tmp}"), e))?;
+        if self.fsync {
+            f.sync_all()
+                .map_err(|e| io_err("fsync", format!("{PARTIAL_DIR}/{SUMS_DIR}/{tmp}"), e))?;
+        }
+        renameat(&self.sums_fd, tmp.as_str(), &self.sums_fd, file.as_str())
+            .map_err(|e| io_err("rename", format!("{PARTIAL_DIR}/{SUMS_DIR}/{file}"), e))?;
+        if self.fsync {
+            nix::unistd::fsync(&self.sums_fd)
+                .map_err(|e| io_err("fsync", format!("{PARTIAL_DIR}/{SUMS_DIR}"), e))?;
+        }
+        Ok(())
+    }
+
+    /// The recorded digest of `name` and the stamp it was taken at.
+    fn read_record(&self, name: &str) -> Option<(Digest, Stamp)> {
+        let fd = openat(
+            &self.sums_fd,
+            Self::record_name(name).as_str(),
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        let mut text = String::new();
+        File::from(fd).take(8192).read_to_string(&mut text).ok()?;
+        let mut lines = text.lines();
+        if lines.next()? != "up-srv digest v1" {
+            return None;
+        }
+        let hex = lines.next()?.strip_prefix("sha256=")?;
+        let size = lines.next()?.strip_prefix("size=")?.parse().ok()?;
+        let mtime_ns = lines.next()?.strip_prefix("mtime_ns=")?.parse().ok()?;
+        if lines.next()?.strip_prefix("name=")? != name {
+            return None;
+        }
+        Some((parse_hex(hex)?, Stamp { size, mtime_ns }))
+    }
+
+    /// Opens the stored file `name` for reading without following symlinks;
+    /// `None` when there is no regular file of that name.
+    pub fn open_stored(&self, name: &str) -> Result<Option<(File, Stamp)>, StorageError> {
+        let mut dir: Option<OwnedFd> = None;
+        let (dirs, leaf) = match name.rsplit_once('/') {
+            Some((d, l)) => (Some(d), l),
+            None => (None, name),
+        };
+        for component in dirs.into_iter().flat_map(|d| d.split('/')) {
+            let parent = dir.as_ref().map_or(self.root_fd.as_fd(), |f| f.as_fd());
+            match openat(
+                parent,
+                component,
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            ) {
+                Ok(fd) => dir = Some(fd),
+                Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => return Ok(None),
+                Err(e) => return Err(io_err("open", name, e)),
+            }
+        }
+        let parent = dir.as_ref().map_or(self.root_fd.as_fd(), |f| f.as_fd());
+        let file = match openat(
+            parent,
+            leaf,
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+            Mode::empty(),
+        ) {
+            Ok(fd) => File::from(fd),
+            Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => return Ok(None),
+            Err(e) => return Err(io_err("open", name, e)),
+        };
+        let meta = file.metadata().map_err(|e| io_err("stat", name, e))?;
+        if !meta.is_file() {
+            return Ok(None);
+        }
+        let stamp = Stamp::of(&file).map_err(|e| io_err("stat", name, e))?;
+        Ok(Some((file, stamp)))
+    }
+
+    /// The digest of the stored file `name` when it has `size` bytes: the
+    /// recorded one while size and mtime still match, else the file is
+    /// hashed again and the record renewed. `None` when no such file is stored.
+    pub fn stored_digest(&self, name: &str, size: u64) -> Result<Option<Digest>, StorageError> {
+        let Some((file, stamp)) = self.open_stored(name)? else {
+            return Ok(None);
+        };
+        if stamp.size != size {
+            return Ok(None);
+        }
+        self.digest_of(name, file, stamp, true).map(Some)
+    }
+
+    /// The recorded digest while it matches `stamp`; otherwise the file is
+    /// hashed, and the record written when there was none (or `renew`).
+    fn digest_of(
+        &self,
+        name: &str,
+        file: File,
+        stamp: Stamp,
+        renew: bool,
+    ) -> Result<Digest, StorageError> {
+        let record = self.read_record(name);
+        if let Some((digest, recorded)) = record {
+            if recorded == stamp {
+                return Ok(digest);
+            }
+        }
+        let digest = hash_file(file, stamp.size).map_err(|e| io_err("read", name, e))?;
+        if record.is_none() || renew {
+            self.write_record(name, stamp, &digest)?;
+        }
+        Ok(digest)
+    }
+
+    /// Opens a stored file for `get`: its size and recorded digest. A file
+    /// stored before digests were kept is hashed and recorded now; a file
+    /// whose size or mtime no longer match its record is [`Fetch::Changed`],
+    /// since the record can no longer vouch for its bytes.
+    pub fn fetch(&self, name: &str) -> Result<Fetch, StorageError> {
+        let Some((file, stamp)) = self.open_stored(name)? else {
+            return Ok(Fetch::NotFound);
+        };
+        let sha256 = match self.read_record(name) {
+            Some((digest, recorded)) if recorded == stamp => digest,
+            Some(_) => return Ok(Fetch::Changed),
+            None => {
+                let copy = file.try_clone().map_err(|e| io_err("open", name, e))?;
+                let digest = hash_file(copy, stamp.size).map_err(|e| io_err("read", name, e))?;
+                self.write_record(name, stamp, &digest)?;
+                digest
+            }
+        };
+        Ok(Fetch::Found {
+            file,
+            size: stamp.size,
+            sha256,
+        })
+    }
+
+    /// The stored files whose names start with `prefix`, sorted by name,
+    /// with the digests of their current bytes. A stale record is not
+    /// renewed here, so `get` still refuses a file changed behind the server's back.
+    /// Symlinks are not followed; the partial dir is not listed.
+    pub fn list(&self, prefix: &str) -> Result<Vec<Listed>, StorageError> {
+        let mut names = Vec::new();
+        self.walk(&self.root, "", prefix, &mut names)?;
+        names.sort();
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            let Some((file, stamp)) = self.open_stored(&name)? else {
+                continue;
+            };
+            let sha256 = self.digest_of(&name, file, stamp, false)?;
+            out.push(Listed {
+                mtime: u64::try_from(stamp.mtime_ns / 1_000_000_000).unwrap_or(u64::MAX),
+                size: stamp.size,
+                name,
+                sha256,
+            });
+        }
+        Ok(out)
+    }
+
+    fn walk(
+        &self,
+        dir: &Path,
+        rel: &str,
+        prefix: &str,
+        out: &mut Vec<String>,
+    ) -> Result<(), StorageError> {
+        let entries = std::fs::read_dir(dir).map_err(|e| io_err("list", rel.to_string(), e))?;
+        for entry in entries.flatten() {
+            if out.len() >= MAX_LIST_ENTRIES {
+                return Ok(());
+            }
+            let Ok(file_name) = entry.file_name().into_string() else {
+                continue;
+            };
+            if rel.is_empty() && file_name == PARTIAL_DIR {
+                continue;
+            }
+            let name = if rel.is_empty() {
+                file_name
+            } else {
+                format!("{rel}/{file_name}")
+            };
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            // A directory is entered only if a name below it can match.
+            let could_match = name.starts_with(prefix) || prefix.starts_with(&format!("{name}/"));
+            if kind.is_dir() && could_match {
+                self.walk(&entry.path(), &name, prefix, out)?;
+            } else if kind.is_file() && name.starts_with(prefix) {
+                out.push(name);
+            }
+        }
+        Ok(())
     }
 
     /// Lists the partial dir at start: removes partials older than `max_age`
@@ -627,38 +891,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn plain_names_are_accepted() {
-        for ok in [
-            "a",
-            "photo.jpg",
-            "photos/sub/b.png",
-            "é t é.txt",
-            ".hidden",
-            "a..b",
-            "cone/x",
-            "console.log",
-            "COM0",
-        ] {
-            assert_eq!(validate_name(ok), Ok(()), "{ok}");
-        }
+    fn partial_dir_is_reserved_and_the_shared_policy_applies() {
+        assert_eq!(validate_name(".partial/x"), Err(BadName::PartialDir));
+        assert!(matches!(validate_name("a:b"), Err(BadName::Policy(_))));
+        assert_eq!(validate_name("photos/a.jpg"), Ok(()));
     }
 
     #[test]
-    fn reserved_names_cover_extensions_and_case() {
-        for bad in [
-            "CON",
-            "con.txt",
-            "Nul",
-            "aux.tar.gz",
-            "COM1",
-            "lpt9.log",
-            "dir/prn",
-        ] {
-            assert!(
-                matches!(validate_name(bad), Err(NameError::Reserved(_))),
-                "{bad}"
-            );
-        }
+    fn a_file_as_upload_dir_is_named_as_such() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").expect("write");
+        let err = Storage::open(&file, false, false).unwrap_err();
+        assert!(err.to_string().contains("is not a directory"), "{err}");
+        assert!(!err.to_string().contains("os error"), "{err}");
     }
 
     #[test]
@@ -678,7 +924,7 @@ mod tests {
                 .expect("handle")
                 .write_all(b"hi")
                 .expect("write");
-            assert_eq!(s.finish(p, "x/y.txt").expect("finish"), expected);
+            assert_eq!(s.finish(p, "x/y.txt", &[0; 32]).expect("finish"), expected);
         }
         let s = Storage::open(dir.path(), true, true).expect("open");
         let mut p = s.open_partial("x/y.txt", 2).expect("partial");
@@ -686,7 +932,7 @@ mod tests {
             .expect("handle")
             .write_all(b"yo")
             .expect("write");
-        assert_eq!(s.finish(p, "x/y.txt").expect("finish"), "x/y.txt");
+        assert_eq!(s.finish(p, "x/y.txt", &[0; 32]).expect("finish"), "x/y.txt");
         assert_eq!(
             std::fs::read(dir.path().join("x/y.txt")).expect("read"),
             b"yo"
@@ -704,7 +950,7 @@ mod tests {
         std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).expect("symlink");
         let s = Storage::open(dir.path(), false, false).expect("open");
         let p = s.open_partial("link/f", 0).expect("partial");
-        let err = s.finish(p, "link/f").unwrap_err();
+        let err = s.finish(p, "link/f", &[0; 32]).unwrap_err();
         assert!(matches!(err, StorageError::NotADirectory { .. }), "{err}");
         assert_eq!(std::fs::read_dir(outside.path()).expect("list").count(), 0);
     }
@@ -722,5 +968,56 @@ mod tests {
         let scan = s.scan_partials(Duration::from_secs(3600)).expect("scan");
         assert_eq!(scan.kept, vec![("big.bin".to_string(), 10, 3)]);
         assert_eq!(scan.removed, 1);
+    }
+
+    fn store(s: &Storage, name: &str, data: &[u8]) -> (String, Digest) {
+        let mut p = s.open_partial(name, data.len() as u64).expect("partial");
+        p.append_handle()
+            .expect("handle")
+            .write_all(data)
+            .expect("write");
+        let digest: Digest = Sha256::digest(data).into();
+        (s.finish(p, name, &digest).expect("finish"), digest)
+    }
+
+    #[test]
+    fn digests_are_recorded_listed_and_changes_noticed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Storage::open(dir.path(), false, false).expect("open");
+        let (a, da) = store(&s, "a.txt", b"alpha");
+        let (b, db) = store(&s, "sub/b.txt", b"beta");
+        assert_eq!(s.stored_digest("a.txt", 5).expect("digest"), Some(da));
+        assert_eq!(
+            s.stored_digest("a.txt", 6).expect("digest"),
+            None,
+            "size differs"
+        );
+        assert_eq!(s.stored_digest("nope", 5).expect("digest"), None);
+        let listed = s.list("").expect("list");
+        let names: Vec<_> = listed.iter().map(|l| (l.name.clone(), l.sha256)).collect();
+        assert_eq!(names, [(a.clone(), da), (b, db)]);
+        assert_eq!(s.list("sub/").expect("list").len(), 1);
+        assert!(matches!(
+            s.fetch("a.txt").expect("fetch"),
+            Fetch::Found { size: 5, .. }
+        ));
+        assert!(matches!(
+            s.fetch("missing").expect("fetch"),
+            Fetch::NotFound
+        ));
+
+        // An edit behind the server's back: get refuses, the check re-hashes.
+        let path = dir.path().join("a.txt");
+        std::fs::write(&path, b"ALPHA").expect("edit");
+        let later = SystemTime::now() + Duration::from_secs(5);
+        File::options()
+            .write(true)
+            .open(&path)
+            .expect("open")
+            .set_modified(later)
+            .expect("touch");
+        assert!(matches!(s.fetch("a.txt").expect("fetch"), Fetch::Changed));
+        let fresh: Digest = Sha256::digest(b"ALPHA").into();
+        assert_eq!(s.stored_digest("a.txt", 5).expect("digest"), Some(fresh));
     }
 }

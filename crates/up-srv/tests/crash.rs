@@ -8,8 +8,6 @@
 //! to resume by); every interrupted upload resumes to the right digest; and
 //! `--partial-max-age` removes partials older than the age.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{data, sha256, within, Client};
+use crate::common::{data, sha256, within, Client};
 use proto::upload::{ClientMessage, ServerMessage};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -80,7 +78,7 @@ impl Proc {
         if let Some(l) = self.seen.iter().find(|l| want(l)) {
             return l.clone();
         }
-        let deadline = Instant::now() + common::TEST_TIMEOUT;
+        let deadline = Instant::now() + crate::common::TEST_TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.log.recv_timeout(left) {

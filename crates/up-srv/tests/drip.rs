@@ -4,12 +4,10 @@
 //! over each window. The dripping clients sleep between bytes (that is the
 //! attack); the assertions wait on the server's reply or close, bounded.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
+use crate::common::{data, sha256, start_server_with, within, Client};
 use bytes::BytesMut;
-use common::{data, sha256, start_server_with, within, Client};
 use proto::upload::{ClientCodec, ClientMessage, RefusalCode, ServerMessage};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};

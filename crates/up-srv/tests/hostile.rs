@@ -5,16 +5,14 @@
 //!
 //! Every test checks the two promises that matter: nothing incomplete or
 //! unverified ever appears under a final name, and the server keeps serving
-//! well-behaved clients. Waits are bounded by `common::within`.
-
-mod common;
+//! well-behaved clients. Waits are bounded by `crate::common::within`.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{data, sha256, start_server_in, start_server_with, within, Client, TestServer};
+use crate::common::{data, sha256, start_server_in, start_server_with, within, Client, TestServer};
 use proto::upload::{ClientCodec, ClientMessage, RefusalCode, ServerMessage, MAGIC, VERSION};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -142,7 +140,7 @@ async fn slowloris_header_one_byte_per_second_is_timed_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_garbage_connections_leave_a_good_client_served_in_time() {
-    let server = common::start_server().await;
+    let server = crate::common::start_server().await;
     // Time a normal upload first, so the bound below is the server's own latency.
     let body = data(64 * 1024, 3);
     let began = Instant::now();
@@ -320,7 +318,7 @@ async fn offer_when_free(addr: SocketAddr, name: &str, size: u64) -> (Client, Se
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_cut_at_fifty_random_points_leave_nothing_final_and_resume_exactly() {
-    let server = common::start_server().await;
+    let server = crate::common::start_server().await;
     let mut rng = Lcg(0x5eed_0006);
     let mut checked = 0;
     for i in 0..50u64 {
@@ -406,7 +404,7 @@ async fn flipping_proxy(upstream: SocketAddr, flip: usize) -> SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_byte_flipped_in_transit_is_refused_and_nothing_is_stored() {
-    let server = common::start_server().await;
+    let server = crate::common::start_server().await;
     let body = data(200_000, 7);
     // Where the body starts in the client's stream: magic, hello, offer, start.
     let mut head = bytes::BytesMut::new();
@@ -579,7 +577,8 @@ async fn body_and_finish_lenient(c: &mut Client, body: &[u8]) -> Option<ServerMe
         c.send(ClientMessage::Start { offset: 0 }).await;
         // The server may refuse and close while we still send: keep reading
         // its answer even when the write fails.
-        let write = tokio::time::timeout(common::TEST_TIMEOUT, c.stream.write_all(body)).await;
+        let write =
+            tokio::time::timeout(crate::common::TEST_TIMEOUT, c.stream.write_all(body)).await;
         if matches!(write, Ok(Ok(()))) {
             let mut out = bytes::BytesMut::new();
             ClientMessage::Finish {

@@ -1,9 +1,7 @@
 //! The original tutorial client's exact exchange against the in-process server:
 //! size as decimal text, read the reply, stream the bytes, close.
 
-mod common;
-
-use common::{data, start_server, within};
+use crate::common::{data, start_server, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -94,7 +92,7 @@ async fn legacy_disconnect_stores_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn legacy_size_above_max_is_closed_without_reply() {
-    let server = common::start_server_with(|c| c.max_size = 10).await;
+    let server = crate::common::start_server_with(|c| c.max_size = 10).await;
     let mut s = within(TcpStream::connect(server.addr))
         .await
         .expect("connect");
@@ -108,7 +106,7 @@ async fn legacy_size_above_max_is_closed_without_reply() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn legacy_upload_is_refused_when_a_token_is_set() {
-    let server = common::start_server_with(|c| c.token = Some("s3cret".into())).await;
+    let server = crate::common::start_server_with(|c| c.token = Some("s3cret".into())).await;
     let mut s = within(TcpStream::connect(server.addr))
         .await
         .expect("connect");

@@ -1,5 +1,6 @@
 //! Chat cases: round trips against redis `PING` with the same load generator,
-//! fan-out to one big room, and the memory of idle connections.
+//! fan-out to one big room beside an ngircd channel of the same size, and the
+//! memory of idle connections.
 //!
 //! The load itself comes from the `loadgen` binary (async, one core); this file
 //! starts the servers, runs `loadgen` modes, and reads the servers' memory.
@@ -27,8 +28,10 @@ pub struct Plan {
     pub round_trips: Vec<(usize, usize)>,
     /// Seconds after which a round-trip run stops early.
     pub max_secs: f64,
-    /// Members of the fan-out room and messages sent to it.
-    pub fanout: (usize, usize),
+    /// (members, messages) of each fan-out case.
+    pub fanout: Vec<(usize, usize)>,
+    /// Whether to install ngircd when it is missing (else it is used only if present).
+    pub install_irc: bool,
     /// Idle connections for the memory figure.
     pub idle: usize,
     /// Repetitions of every case.
@@ -117,43 +120,86 @@ pub fn run(bin: &Path, plan: &Plan) -> Result<Vec<Row>> {
     }
     drop(redis_service);
 
-    let (members, messages) = plan.fanout;
-    let (mut p50, mut p99) = (Vec::new(), Vec::new());
-    for run in 0..plan.runs {
-        eprintln!(
-            "bench: fan-out to {members} members, run {}/{}",
-            run + 1,
-            plan.runs
+    let irc = super::irc::start(
+        &crate::service::target_dir().join("bench").join("ngircd"),
+        plan.install_irc,
+    );
+    for &(members, messages) in &plan.fanout {
+        let (mut chat_runs, mut irc_runs) = (Vec::new(), Vec::new());
+        for run in 0..plan.runs {
+            eprintln!(
+                "bench: fan-out to {members} members, run {}/{}",
+                run + 1,
+                plan.runs
+            );
+            chat_runs.push(fanout(bin, &chat, "chat", members, messages)?);
+            if let Ok(ngircd) = &irc {
+                irc_runs.push(fanout(bin, ngircd, "irc", members, messages)?);
+            }
+        }
+        let pick = |runs: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| {
+            Figure::new(runs.iter().map(f).collect(), "ms")
+        };
+        let mut p50 = Row::new(
+            format!("fan-out: room of {members}, {messages} msgs: p50 until all have it"),
+            pick(&chat_runs, |r| r.0),
+            Target::None,
         );
-        let line = loadgen(
-            bin,
-            &[
-                "fanout",
-                "--addr",
-                &chat.addr.to_string(),
-                "--members",
-                &members.to_string(),
-                "--messages",
-                &messages.to_string(),
-            ],
-        )?;
-        p50.push(super::field(&line, "p50_us")? / 1000.0);
-        p99.push(super::field(&line, "p99_us")? / 1000.0);
+        let mut p99 = Row::new(
+            format!("fan-out: room of {members}, {messages} msgs: p99 until all have it"),
+            pick(&chat_runs, |r| r.1),
+            if members >= 1000 {
+                Target::RatioAtMost(1.0)
+            } else {
+                Target::None
+            },
+        );
+        match &irc {
+            Ok(_) => {
+                let peer = format!("ngircd, channel of {members}");
+                p50 = p50.against(peer.clone(), pick(&irc_runs, |r| r.0));
+                p99 = p99.against(peer, pick(&irc_runs, |r| r.1));
+            }
+            Err(reason) => {
+                p50 = p50.note(format!("ngircd skipped: {reason}"));
+                p99 = p99.note(format!("ngircd skipped: {reason}"));
+            }
+        }
+        rows.extend([p50, p99]);
     }
+    drop(irc);
     drop(chat);
-    rows.push(Row::new(
-        format!("fan-out: room of {members}, {messages} msgs: p50 until all have it"),
-        Figure::new(p50, "ms"),
-        Target::None,
-    ));
-    rows.push(Row::new(
-        format!("fan-out: room of {members}, {messages} msgs: p99 until all have it"),
-        Figure::new(p99, "ms"),
-        Target::Below(20.0),
-    ));
 
     rows.push(idle_connections(bin, plan)?);
     Ok(rows)
+}
+
+/// One `loadgen fanout` run against `server` speaking `mode`: (p50, p99) in ms.
+fn fanout(
+    bin: &Path,
+    server: &Service,
+    mode: &str,
+    members: usize,
+    messages: usize,
+) -> Result<(f64, f64)> {
+    let line = loadgen(
+        bin,
+        &[
+            "fanout",
+            "--addr",
+            &server.addr.to_string(),
+            "--mode",
+            mode,
+            "--members",
+            &members.to_string(),
+            "--messages",
+            &messages.to_string(),
+        ],
+    )?;
+    Ok((
+        super::field(&line, "p50_us")? / 1000.0,
+        super::field(&line, "p99_us")? / 1000.0,
+    ))
 }
 
 /// The figures of one `loadgen rtt` run.

@@ -10,11 +10,15 @@
 //!
 //! # Layout
 //! - [`upload`]: the upload cases, the raw-copy baseline and the hashing ceilings.
+//! - [`peers`]: rsync, scp and curl-to-dufs, each with its own loopback server.
+//! - [`irc`]: ngircd, the chat fan-out peer, configured in a temporary directory.
 //! - [`chat`]: round trips, fan-out and idle connections through `loadgen`.
 //! - [`report`]: medians, targets and the markdown table.
 //! - [`procfs`]: process memory and CPU time from `/proc`, machine facts.
 
 mod chat;
+mod irc;
+mod peers;
 mod procfs;
 mod report;
 mod upload;
@@ -75,6 +79,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 small_count: 100,
                 small_bytes: 100 << 10,
                 runs,
+                peers: false,
             }
         } else {
             upload::Plan {
@@ -82,20 +87,24 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 small_count: 1000,
                 small_bytes: 100 << 10,
                 runs,
+                peers: true,
             }
         };
         let rows = upload::run(&bin, &plan, &work);
         if !args.keep_files {
             let _ = std::fs::remove_dir_all(&work);
         }
-        sections.push(report::table("Upload", &rows?));
+        let tables = rows?;
+        sections.push(report::table("Upload", &tables.upload));
+        sections.push(report::table("Upload beside other tools", &tables.peers));
     }
     if wants(Group::Chat) {
         let plan = if args.quick {
             chat::Plan {
                 round_trips: vec![(1, 2000), (50, 200)],
                 max_secs: 3.0,
-                fanout: (100, 20),
+                fanout: vec![(100, 20)],
+                install_irc: false,
                 idle: 1000,
                 runs,
             }
@@ -103,7 +112,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
             chat::Plan {
                 round_trips: vec![(1, 20_000), (50, 2000), (1000, 200)],
                 max_secs: 10.0,
-                fanout: (1000, 100),
+                fanout: vec![(100, 100), (1000, 100)],
+                install_irc: true,
                 idle: 10_000,
                 runs,
             }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 
+use super::peers::{self, Peer};
 use super::procfs;
 use super::report::{Figure, Row, Target};
 use crate::service::{wait_with_timeout, Service};
@@ -39,6 +40,8 @@ pub struct Plan {
     pub small_bytes: usize,
     /// Repetitions of every case.
     pub runs: usize,
+    /// Whether to run the peers (rsync, scp, curl to dufs) beside `up-cli`.
+    pub peers: bool,
 }
 
 impl Plan {
@@ -52,8 +55,25 @@ impl Plan {
     }
 }
 
+/// The two tables of the upload cases.
+pub struct Tables {
+    /// Throughput, memory and hashing ceilings, against the raw copy.
+    pub upload: Vec<Row>,
+    /// `up-cli` wall time beside each peer's.
+    pub peers: Vec<Row>,
+}
+
+/// Wall times of one case (1 GiB or many small files) over the interleaved rounds.
+#[derive(Default)]
+struct Walls {
+    raw: Vec<f64>,
+    up: Vec<f64>,
+    /// One list per peer, in the order of [`peers::start_all`].
+    peers: Vec<Vec<f64>>,
+}
+
 /// Runs every upload case and the hashing ceilings; `work` holds the test data.
-pub fn run(bin: &Path, plan: &Plan, work: &Path) -> Result<Vec<Row>> {
+pub fn run(bin: &Path, plan: &Plan, work: &Path) -> Result<Tables> {
     let big = work.join("big.bin");
     eprintln!(
         "bench: generating {} test file {}",
@@ -80,6 +100,20 @@ pub fn run(bin: &Path, plan: &Plan, work: &Path) -> Result<Vec<Row>> {
 
     let store = work.join("store");
     let raw_dir = work.join("raw");
+    let peer_list = if plan.peers {
+        peers::start_all(&work.join("peers"))
+    } else {
+        Vec::new()
+    };
+    let ready: Vec<&Peer> = peer_list.iter().filter_map(|p| p.as_ref().ok()).collect();
+    let mut big_walls = Walls {
+        peers: vec![Vec::new(); ready.len()],
+        ..Walls::default()
+    };
+    let mut small_walls = Walls {
+        peers: vec![Vec::new(); ready.len()],
+        ..Walls::default()
+    };
     let mib = plan.big_bytes as f64 / 1e6;
     let (mut raw_sync, mut raw_nosync, mut up_sync, mut up_nosync) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -107,10 +141,17 @@ pub fn run(bin: &Path, plan: &Plan, work: &Path) -> Result<Vec<Row>> {
             };
             raw_list.push(mib / raw.as_secs_f64());
             up_list.push(mib / up.elapsed.as_secs_f64());
+            if fsync {
+                big_walls.raw.push(raw.as_secs_f64());
+                big_walls.up.push(up.elapsed.as_secs_f64());
+            }
             srv_peak.push(up.server_peak_kib as f64 / 1024.0);
             if let Some(kib) = up.client_peak_kib {
                 cli_peak.push(kib as f64 / 1024.0);
             }
+        }
+        for (peer, walls) in ready.iter().zip(&mut big_walls.peers) {
+            walls.push(peer.upload(std::slice::from_ref(&big))?.as_secs_f64());
         }
     }
     let label = plan.big_label();
@@ -161,6 +202,11 @@ pub fn run(bin: &Path, plan: &Plan, work: &Path) -> Result<Vec<Row>> {
         let up = upload(bin, &store, &small, &small_digests, true)?;
         raw_files.push(plan.small_count as f64 / raw.as_secs_f64());
         up_files.push(plan.small_count as f64 / up.elapsed.as_secs_f64());
+        small_walls.raw.push(raw.as_secs_f64());
+        small_walls.up.push(up.elapsed.as_secs_f64());
+        for (peer, walls) in ready.iter().zip(&mut small_walls.peers) {
+            walls.push(peer.upload(&small)?.as_secs_f64());
+        }
     }
     rows.push(
         Row::new(
@@ -177,14 +223,99 @@ pub fn run(bin: &Path, plan: &Plan, work: &Path) -> Result<Vec<Row>> {
             Figure::new(raw_files, "files/s"),
         ),
     );
-    Ok(rows)
+    let small_label = format!("{} × {} KiB", plan.small_count, plan.small_bytes >> 10);
+    let mut peer_rows = peer_table(&label, &big_walls, &ready, &peer_list, plan.peers, true);
+    peer_rows.extend(peer_table(
+        &small_label,
+        &small_walls,
+        &ready,
+        &peer_list,
+        plan.peers,
+        false,
+    ));
+    Ok(Tables {
+        upload: rows,
+        peers: peer_rows,
+    })
 }
 
-/// Times `sha256sum`, `openssl dgst -sha256` and the sha2 crate; returns the big
-/// file's digest, checked to agree between the two tools.
+/// Rows of `up-cli` wall time (SHA-256 both ends, fsync) beside each peer's; the
+/// ratio is up-cli ÷ peer, so below 1 means up-cli is faster. Targets from issue 11:
+/// 1 GiB within 1.2x of scp, many small files within 1.2x of rsync `--fsync`.
+fn peer_table(
+    case: &str,
+    walls: &Walls,
+    ready: &[&Peer],
+    all: &[Result<Peer, peers::Missing>],
+    wanted: bool,
+    big: bool,
+) -> Vec<Row> {
+    let up = || Figure::new(walls.up.clone(), "s");
+    let what = format!("{case}: up-cli → up-srv (SHA-256 both ends, fsync), wall");
+    let mut rows = vec![Row::new(what.clone(), up(), Target::None)
+        .against("raw TCP copy + fsync", Figure::new(walls.raw.clone(), "s"))];
+    if !wanted {
+        rows.push(Row::skipped(
+            format!("{case}: peers"),
+            "left out with --quick (run the full bench)",
+        ));
+        return rows;
+    }
+    let mut measured = ready.iter().zip(&walls.peers);
+    for peer in all {
+        match peer {
+            Ok(_) => {
+                let Some((peer, times)) = measured.next() else {
+                    continue;
+                };
+                let target = match (big, peer.label) {
+                    (true, peers::SCP) => Target::RatioAtMost(1.2),
+                    (false, peers::RSYNC_FSYNC) => Target::RatioAtMost(1.2),
+                    _ => Target::None,
+                };
+                rows.push(
+                    Row::new(format!("{case}: up-cli vs {}", peer.label), up(), target)
+                        .against(peer.label, Figure::new(times.clone(), "s")),
+                );
+            }
+            Err(missing) => rows.push(Row::skipped(
+                format!("{case}: {}", missing.label),
+                missing.reason.clone(),
+            )),
+        }
+    }
+    rows
+}
+
+/// The digest implementations timed in memory by `loadgen hash --impl <name>`,
+/// with what each stands for.
+const HASH_IMPLS: [(&str, &str); 4] = [
+    (
+        "sha2",
+        "SHA-256, `sha2` crate (SHA extensions when the CPU has them)",
+    ),
+    (
+        "ring",
+        "SHA-256, `ring` (what `proto::digest` picks without SHA extensions)",
+    ),
+    (
+        "portable",
+        "SHA-256, portable Rust (what `sha2` runs without SHA extensions)",
+    ),
+    ("blake3", "BLAKE3, `blake3` crate, one thread"),
+];
+
+/// OpenSSL's capability mask that hides the SHA extensions (CPUID leaf 7 EBX bit 29),
+/// so `openssl` runs the code path of a CPU without them.
+const OPENSSL_NO_SHA_NI: &str = ":~0x20000000";
+
+/// Times `sha256sum`, `openssl dgst -sha256` (with and without its SHA-extension
+/// path) and every implementation in `proto::digest`; returns the big file's
+/// digest, checked to agree between the tools.
 fn hash_ceilings(bin: &Path, plan: &Plan, big: &Path, rows: &mut Vec<Row>) -> Result<String> {
     let mb = plan.big_bytes as f64 / 1e6;
-    let (mut coreutils, mut openssl, mut crate_speed) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut coreutils, mut openssl, mut openssl_soft) = (Vec::new(), Vec::new(), Vec::new());
+    let mut impls = vec![Vec::new(); HASH_IMPLS.len()];
     let mut digest = None;
     let in_memory_mib = if plan.big_bytes >= 1 << 30 { 256 } else { 64 };
     for _ in 0..plan.runs {
@@ -193,27 +324,40 @@ fn hash_ceilings(bin: &Path, plan: &Plan, big: &Path, rows: &mut Vec<Row>) -> Re
         coreutils.push(mb / start.elapsed().as_secs_f64());
         let sum = first_word(&out).context("sha256sum printed no digest")?;
 
-        let start = Instant::now();
-        let out = checked_output(
-            Command::new("openssl")
-                .args(["dgst", "-sha256", "-r"])
-                .arg(big),
-            "openssl",
-        )?;
-        openssl.push(mb / start.elapsed().as_secs_f64());
-        let ssl = first_word(&out).context("openssl printed no digest")?;
-        ensure!(
-            sum == ssl,
-            "sha256sum ({sum}) and openssl ({ssl}) disagree on {}",
-            big.display()
-        );
+        for (speeds, mask) in [
+            (&mut openssl, None),
+            (&mut openssl_soft, Some(OPENSSL_NO_SHA_NI)),
+        ] {
+            let mut cmd = Command::new("openssl");
+            cmd.args(["dgst", "-sha256", "-r"]).arg(big);
+            if let Some(mask) = mask {
+                cmd.env("OPENSSL_ia32cap", mask);
+            }
+            let start = Instant::now();
+            let out = checked_output(&mut cmd, "openssl")?;
+            speeds.push(mb / start.elapsed().as_secs_f64());
+            let ssl = first_word(&out).context("openssl printed no digest")?;
+            ensure!(
+                sum == ssl,
+                "sha256sum ({sum}) and openssl ({ssl}) disagree on {}",
+                big.display()
+            );
+        }
         digest = Some(sum);
 
-        let line = checked_output(
-            Command::new(bin.join("loadgen")).args(["sha256", "--mib", &in_memory_mib.to_string()]),
-            "loadgen sha256",
-        )?;
-        crate_speed.push(super::field(&line, "mb_per_s")?);
+        for ((name, _), speeds) in HASH_IMPLS.iter().zip(&mut impls) {
+            let line = checked_output(
+                Command::new(bin.join("loadgen")).args([
+                    "hash",
+                    "--impl",
+                    name,
+                    "--mib",
+                    &in_memory_mib.to_string(),
+                ]),
+                "loadgen hash",
+            )?;
+            speeds.push(super::field(&line, "mb_per_s")?);
+        }
     }
     let label = plan.big_label();
     rows.push(Row::new(
@@ -228,12 +372,31 @@ fn hash_ceilings(bin: &Path, plan: &Plan, big: &Path, rows: &mut Vec<Row>) -> Re
     ));
     rows.push(
         Row::new(
-            format!("sha2 crate (release), {in_memory_mib} MiB in memory"),
-            Figure::new(crate_speed, "MB/s"),
+            format!(
+                "hash ceiling: `openssl dgst -sha256`, SHA extensions masked \
+                 (`OPENSSL_ia32cap={OPENSSL_NO_SHA_NI}`), as on a CPU without them"
+            ),
+            Figure::new(openssl_soft, "MB/s"),
             Target::None,
         )
-        .against("openssl", Figure::new(openssl, "MB/s")),
+        .against("openssl with them", Figure::new(openssl.clone(), "MB/s")),
     );
+    let portable = impls
+        .get(2)
+        .map(|v| Figure::new(v.clone(), "MB/s"))
+        .context("portable hash figures")?;
+    for ((name, what), speeds) in HASH_IMPLS.iter().zip(impls) {
+        let row = Row::new(
+            format!("{what}, {in_memory_mib} MiB in memory"),
+            Figure::new(speeds, "MB/s"),
+            Target::None,
+        );
+        rows.push(if *name == "portable" {
+            row.against("openssl", Figure::new(openssl.clone(), "MB/s"))
+        } else {
+            row.against("portable", portable.clone())
+        });
+    }
     digest.context("no hashing run")
 }
 

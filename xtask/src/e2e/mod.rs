@@ -6,7 +6,8 @@
 //! servers with SIGTERM and prints a table. Any failed check makes the task fail.
 //!
 //! - chat: a scripted `chat-cli` session, `chat-cli -m`, two std clients that see each
-//!   other's messages, and the original client's unterminated messages in lock-step;
+//!   other's messages, the original client's unterminated messages in lock-step, and
+//!   `chat-cli`'s line editor in a real terminal (tmux; see `chat.rs`);
 //! - upload: generated JPEG and PNG images (a few KiB to tens of MiB, cached under
 //!   `target/e2e/images`) plus 0/1023/1024/1025-byte files through `up-cli` (several
 //!   files in one call and a `-r` directory), each stored file hashed against its
@@ -34,22 +35,25 @@ use crate::images::{self, ImageSpec};
 use crate::service::{self, Bins, Service};
 use crate::verify::{self, StoredLine};
 
+mod chat;
+mod upload;
+
 /// Options of `cargo xtask e2e`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct E2eArgs {
     /// Port for chat-srv on 127.0.0.1.
-    #[arg(long, default_value_t = 8888)]
+    #[arg(long, default_value_t = clients::CHAT_PORT)]
     pub chat_port: u16,
     /// Port for up-srv on 127.0.0.1.
-    #[arg(long, default_value_t = 9998)]
+    #[arg(long, default_value_t = clients::UP_PORT)]
     pub up_port: u16,
 }
 
 impl Default for E2eArgs {
     fn default() -> E2eArgs {
         E2eArgs {
-            chat_port: 8888,
-            up_port: 9998,
+            chat_port: clients::CHAT_PORT,
+            up_port: clients::UP_PORT,
         }
     }
 }
@@ -84,7 +88,7 @@ pub fn run(args: E2eArgs) -> Result<()> {
 
     let bins = Bins::new(&bin_dir)?;
     let chat = bins.start_chat(chat_addr, &work.join("chat-srv.log"))?;
-    let up = bins.start_up(up_addr, &uploads, &work.join("up-srv.log"))?;
+    let up = upload::start_server(&bins, up_addr, &uploads, &work.join("up-srv.log"))?;
     println!(
         "e2e: chat-srv on {chat_addr} (pid {}), up-srv on {up_addr} (pid {}), uploads in {}",
         chat.pid(),
@@ -104,10 +108,18 @@ pub fn run(args: E2eArgs) -> Result<()> {
     report.check("chat: chat-cli -m one message", || ctx.chat_cli_message());
     report.check("chat: two clients see each other", || ctx.two_clients());
     report.check("chat: original client, no newline", || ctx.unterminated());
+    report.check("chat: line editor in a terminal (tmux)", || {
+        chat::line_editor(&ctx.bins.chat_cli, ctx.chat_addr, &work)
+    });
     report.check("upload: several files, one call", || ctx.upload_many());
     report.check("upload: directory with -r", || ctx.upload_dir());
     report.check("upload: interrupted, then resumed", || ctx.upload_resume());
     report.check("upload: original client (legacy)", || ctx.upload_legacy());
+    report.check("upload: rerun stores nothing twice", || ctx.upload_rerun());
+    report.check("upload: ls = sha256sum, get verified", || {
+        ctx.ls_get_round_trip()
+    });
+    report.check("upload: standard input with --as", || ctx.upload_stdin());
     report.check("chat-srv: SIGTERM, exit 0 in 2 s", || stop(chat));
     report.check("up-srv: SIGTERM, exit 0 in 2 s", || stop(up));
     let image = ctx
@@ -530,7 +542,7 @@ impl Ctx {
         let data = fs::read(&source.path)?;
         let reply = clients::legacy_upload(self.up_addr, &data, CHAT_TIMEOUT)?;
         ensure!(
-            reply.trim_end() == "1001",
+            reply.trim_end() == clients::LEGACY_REPLY,
             "the reply to the size was {reply:?}, expected \"1001\""
         );
         let stored = self.uploads.join("new.jpg");

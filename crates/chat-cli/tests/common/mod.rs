@@ -8,47 +8,35 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-
 /// Upper bound for a chat-cli run.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
 pub struct TestServer {
     pub addr: SocketAddr,
-    shutdown: Option<oneshot::Sender<()>>,
-    handle: JoinHandle<Result<(), chat_srv::ServerError>>,
+    handle: chat_srv::ServerHandle,
 }
 
 pub async fn start_server() -> TestServer {
+    start_with(chat_srv::Config::default()).await
+}
+
+/// A chat-srv with `config` on 127.0.0.1:0, from [`chat_srv::spawn`].
+pub async fn start_with(config: chat_srv::Config) -> TestServer {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
-    let addr = listener.local_addr().expect("local addr");
-    let (tx, rx) = oneshot::channel::<()>();
-    let handle = tokio::spawn(chat_srv::run(
-        listener,
-        chat_srv::Config::default(),
-        async move {
-            let _ = rx.await;
-        },
-    ));
+    let handle = chat_srv::spawn(listener, config).expect("spawn chat-srv");
     TestServer {
-        addr,
-        shutdown: Some(tx),
+        addr: handle.addr(),
         handle,
     }
 }
 
 impl TestServer {
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(2), self.handle)
+    pub async fn stop(self) {
+        tokio::time::timeout(Duration::from_secs(2), self.handle.stop())
             .await
             .expect("server stops within 2 s")
-            .expect("server task did not panic")
             .expect("run returns Ok");
     }
 }
@@ -96,4 +84,112 @@ pub fn wait_bounded(mut child: Child) -> Output {
 
 pub fn port_args(addr: SocketAddr) -> Vec<String> {
     vec!["-p".into(), addr.port().to_string()]
+}
+
+/// A chat-cli running with piped stdin and stdout, read line by line.
+pub struct Running {
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Running {
+    pub async fn start(args: Vec<String>) -> Running {
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let mut child = cli(&args).spawn().expect("spawn chat-cli");
+            let stdin = child.stdin.take();
+            let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+            Running {
+                child,
+                stdin,
+                stdout,
+            }
+        })
+        .await
+        .expect("runner thread")
+    }
+
+    pub async fn write(&mut self, bytes: &[u8]) {
+        self.stdin
+            .as_mut()
+            .expect("stdin open")
+            .write_all(bytes)
+            .expect("write to chat-cli");
+    }
+
+    /// The next stdout line (bounded by [`DEADLINE`]).
+    pub async fn next_line(&mut self) -> String {
+        let stdout = &mut self.stdout;
+        let read = async {
+            tokio::task::block_in_place(|| {
+                let mut line = String::new();
+                std::io::BufRead::read_line(stdout, &mut line).expect("read stdout");
+                line
+            })
+        };
+        let line = tokio::time::timeout(DEADLINE, read)
+            .await
+            .expect("a chat-cli line in time");
+        assert!(line.ends_with('\n'), "chat-cli ended its output: {line:?}");
+        line.trim_end_matches('\n').to_owned()
+    }
+
+    pub async fn expect_lines(&mut self, want: &[&str]) {
+        for w in want {
+            assert_eq!(self.next_line().await, *w);
+        }
+    }
+
+    /// Closes stdin last, after reading the rest of stdout and the exit.
+    pub async fn finish(mut self) -> (String, Output) {
+        tokio::task::spawn_blocking(move || {
+            let mut rest = String::new();
+            std::io::Read::read_to_string(&mut self.stdout, &mut rest).expect("read rest");
+            let output = wait_bounded(self.child);
+            drop(self.stdin);
+            (rest, output)
+        })
+        .await
+        .expect("runner thread")
+    }
+}
+
+/// A plain line client for the other side of a chat-cli test.
+pub struct LineClient {
+    reader: tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl LineClient {
+    /// Connects and reads the welcome.
+    pub async fn connect(addr: SocketAddr) -> LineClient {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (r, w) = stream.into_split();
+        let mut c = LineClient {
+            reader: tokio::io::BufReader::new(r),
+            writer: w,
+        };
+        assert_eq!(c.line().await, proto::chat::WELCOME);
+        c
+    }
+
+    pub async fn line(&mut self) -> String {
+        use tokio::io::AsyncBufReadExt as _;
+        let mut line = String::new();
+        tokio::time::timeout(DEADLINE, self.reader.read_line(&mut line))
+            .await
+            .expect("line in time")
+            .expect("read");
+        line.trim_end_matches('\n').to_owned()
+    }
+
+    pub async fn ask(&mut self, text: &str) -> String {
+        use tokio::io::AsyncWriteExt as _;
+        self.writer
+            .write_all(format!("{text}\n").as_bytes())
+            .await
+            .expect("write");
+        self.line().await
+    }
 }

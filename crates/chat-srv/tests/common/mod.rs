@@ -7,23 +7,24 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use chat_srv::{Config, ServerError};
+use chat_srv::{Config, ServerHandle};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 /// Upper bound for any single wait in a test.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-pub const WELCOME: &str = "欢迎来到简单的聊天室..";
+pub const WELCOME: &str = proto::chat::WELCOME;
+
+/// Tests that load the machine hold this shared; the test that measures
+/// the process's memory holds it alone, since all tests share one process.
+pub static HEAVY: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 /// A server running in this process until [`TestServer::stop`].
 pub struct TestServer {
     pub addr: SocketAddr,
-    shutdown: Option<oneshot::Sender<()>>,
-    handle: JoinHandle<Result<(), ServerError>>,
+    handle: ServerHandle,
 }
 
 /// Starts a server with the default limits.
@@ -36,14 +37,9 @@ pub async fn start_with(config: Config) -> TestServer {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind 127.0.0.1:0");
-    let addr = listener.local_addr().expect("local addr");
-    let (tx, rx) = oneshot::channel::<()>();
-    let handle = tokio::spawn(chat_srv::run(listener, config, async move {
-        let _ = rx.await;
-    }));
+    let handle = chat_srv::spawn(listener, config).expect("spawn the server");
     TestServer {
-        addr,
-        shutdown: Some(tx),
+        addr: handle.addr(),
         handle,
     }
 }
@@ -52,26 +48,19 @@ impl TestServer {
     /// Triggers shutdown and waits (bounded) for `run` to return.
     pub async fn stop(mut self) {
         self.trigger_shutdown();
-        let res = tokio::time::timeout(Duration::from_secs(2), &mut self.handle)
-            .await
-            .expect("server stops within 2 s");
-        res.expect("server task did not panic")
-            .expect("run returns Ok");
+        self.join().await;
     }
 
     /// Starts shutdown without waiting for it.
     pub fn trigger_shutdown(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
+        self.handle.begin_shutdown();
     }
 
     /// Waits for `run` to return after [`TestServer::trigger_shutdown`].
     pub async fn join(self) {
-        let res = tokio::time::timeout(Duration::from_secs(2), self.handle)
+        tokio::time::timeout(Duration::from_secs(2), self.handle.join())
             .await
-            .expect("server stops within 2 s");
-        res.expect("server task did not panic")
+            .expect("server stops within 2 s")
             .expect("run returns Ok");
     }
 }

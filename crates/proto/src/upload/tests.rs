@@ -25,12 +25,34 @@ fn client_samples() -> Vec<ClientMessage> {
         ClientMessage::Start { offset: 0 },
         ClientMessage::Start { offset: u64::MAX },
         ClientMessage::Finish { sha256: [0xab; 32] },
+        ClientMessage::Skip,
+        ClientMessage::Proceed,
+        ClientMessage::List {
+            prefix: String::new(),
+        },
+        ClientMessage::List {
+            prefix: "photos/".into(),
+        },
+        ClientMessage::Get {
+            name: "photos/a b.jpg".into(),
+        },
     ]
 }
 
 fn server_samples() -> Vec<ServerMessage> {
     vec![
-        ServerMessage::Welcome { version: VERSION },
+        ServerMessage::Welcome {
+            version: VERSION,
+            token_checked: true,
+        },
+        ServerMessage::Welcome {
+            version: 2,
+            token_checked: false,
+        },
+        ServerMessage::Welcome {
+            version: 1,
+            token_checked: false,
+        },
         ServerMessage::Accept {
             offset: 4 << 20,
             prefix_sha256: [7; 32],
@@ -46,6 +68,18 @@ fn server_samples() -> Vec<ServerMessage> {
         ServerMessage::Refuse {
             code: RefusalCode::Other(999),
             reason: String::new(),
+        },
+        ServerMessage::Present { sha256: [9; 32] },
+        ServerMessage::Entry {
+            name: "photos/a.jpg".into(),
+            size: 39 << 20,
+            mtime: 1_700_000_000,
+            sha256: [3; 32],
+        },
+        ServerMessage::ListEnd { count: 2 },
+        ServerMessage::Sending {
+            size: 7,
+            sha256: [4; 32],
         },
     ]
 }
@@ -186,7 +220,13 @@ fn empty_and_unknown_frames_are_errors() {
     // A server message sent to the server is unknown there.
     let mut buf = BytesMut::new();
     ServerCodec
-        .encode(ServerMessage::Welcome { version: 1 }, &mut buf)
+        .encode(
+            ServerMessage::Welcome {
+                version: 1,
+                token_checked: false,
+            },
+            &mut buf,
+        )
         .expect("encodes");
     assert!(matches!(
         ServerCodec.decode(&mut buf),
@@ -265,12 +305,28 @@ fn overlong_fields_are_refused_when_encoding() {
 
 #[test]
 fn refusal_codes_round_trip() {
-    for v in 0..=40u16 {
+    for v in 0..=60u16 {
         assert_eq!(RefusalCode::from_u16(v).to_u16(), v);
     }
+    assert_eq!(RefusalCode::from_u16(41), RefusalCode::NotFound);
     assert_eq!(RefusalCode::Busy.label(), "busy");
     assert_eq!(RefusalCode::from_u16(33), RefusalCode::HeaderTooSlow);
     assert_eq!(RefusalCode::from_u16(34), RefusalCode::BodyTooSlow);
+}
+
+#[test]
+fn refusals_that_close_the_connection_are_the_out_of_sync_ones() {
+    let closing: Vec<u16> = (0..=60u16)
+        .map(RefusalCode::from_u16)
+        .filter(|c| !matches!(c, RefusalCode::Other(_)) && c.closes_connection())
+        .map(RefusalCode::to_u16)
+        .collect();
+    assert_eq!(closing, [1, 2, 3, 21, 30, 31, 32, 33, 34]);
+    assert!(!RefusalCode::DigestMismatch.closes_connection());
+    assert!(
+        RefusalCode::Other(999).closes_connection(),
+        "unknown: assume closed"
+    );
 }
 
 #[test]

@@ -62,16 +62,15 @@ pub fn start_server_with(tweak: impl FnOnce(&mut up_srv::Config)) -> TestServer 
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
                 .expect("bind");
-            tx.send(listener.local_addr().expect("addr"))
-                .expect("report addr");
-            up_srv::run(listener, config, async move { token.cancelled().await })
-                .await
-                .expect("server run");
+            let server = up_srv::spawn(listener, config).await.expect("server start");
+            tx.send(server.addr).expect("report addr");
+            token.cancelled().await;
+            server.stop().await.expect("server run");
         });
     });
     let addr = rx.recv_timeout(DEADLINE).expect("server started");
-    // The listener is bound, so the client can connect; the upload dir is
-    // created by run() before it accepts, and the client waits in the backlog.
+    // The listener is bound and spawn() has opened the upload dir, so the
+    // client can connect at once (it waits in the backlog if need be).
     TestServer {
         addr,
         dir,
@@ -94,11 +93,25 @@ pub struct Run {
 
 /// Runs up-cli with `args` in `cwd`, killing it after [`DEADLINE`].
 pub fn up_cli(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+    up_cli_with_input(cwd, args, env, None)
+}
+
+/// Like [`up_cli`], with `input` on standard input.
+pub fn up_cli_with_input(
+    cwd: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    input: Option<&[u8]>,
+) -> Run {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_up-cli"));
     cmd.args(args)
         .current_dir(cwd)
         .env_remove("UP_TOKEN")
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for (k, v) in env {
@@ -106,6 +119,10 @@ pub fn up_cli(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
     }
     let started = Instant::now();
     let mut child = cmd.spawn().expect("spawn up-cli");
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        use std::io::Write as _;
+        stdin.write_all(input).expect("write stdin");
+    }
     let mut out = child.stdout.take().expect("stdout");
     let mut err = child.stderr.take().expect("stderr");
     let out_t = std::thread::spawn(move || {
@@ -138,11 +155,65 @@ pub fn up_cli(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
 
 pub fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest as _;
-    proto::upload::hex(&sha2::Sha256::digest(data).into())
+    proto::upload::hex(&sha2::Sha256::digest(data))
 }
 
 pub fn data(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[1] ^ seed)
         .collect()
+}
+
+/// A loopback port held by a bound socket that never listens: connecting to
+/// it is refused, and no other socket (a parallel test's server binding
+/// port 0) can be given it while this is alive. A port merely freed could be.
+pub struct RefusedPort {
+    _socket: std::os::fd::OwnedFd,
+    pub port: u16,
+}
+
+pub fn refused_port() -> RefusedPort {
+    use nix::sys::socket::{
+        bind, getsockname, socket, AddressFamily, SockFlag, SockType, SockaddrIn,
+    };
+    use std::os::fd::AsRawFd as _;
+    let socket = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("socket");
+    bind(socket.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, 0)).expect("bind");
+    let addr: SockaddrIn = getsockname(socket.as_raw_fd()).expect("getsockname");
+    RefusedPort {
+        _socket: socket,
+        port: addr.port(),
+    }
+}
+
+/// Final files under an upload dir (relative, sorted), partial dir excluded.
+pub fn stored_files(dir: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).expect("list upload dir").flatten() {
+            let path = e.path();
+            let rel = path
+                .strip_prefix(root)
+                .expect("below root")
+                .to_string_lossy()
+                .into_owned();
+            if rel == up_srv::storage::PARTIAL_DIR {
+                continue;
+            }
+            if e.file_type().expect("file type").is_dir() {
+                walk(root, &path, out);
+            } else {
+                out.push(rel);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
 }

@@ -54,12 +54,13 @@ impl TestServer {
         out
     }
 
-    /// Entries in the partial dir.
+    /// Entries in the partial dir (the digest records' dir excluded).
     pub fn partials(&self) -> Vec<String> {
         let mut out: Vec<String> = std::fs::read_dir(self.dir.join(up_srv::storage::PARTIAL_DIR))
             .map(|rd| {
                 rd.flatten()
                     .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n != up_srv::storage::SUMS_DIR)
                     .collect()
             })
             .unwrap_or_default();
@@ -172,7 +173,13 @@ impl Client {
     /// Connects with no token and asserts the welcome.
     pub async fn connect(addr: SocketAddr) -> Client {
         let (c, answer) = Client::hello(addr, "").await;
-        assert_eq!(answer, ServerMessage::Welcome { version: VERSION });
+        assert_eq!(
+            answer,
+            ServerMessage::Welcome {
+                version: VERSION,
+                token_checked: false
+            }
+        );
         c
     }
 
@@ -226,9 +233,21 @@ impl Client {
         self.recv().await.expect("answer to finish")
     }
 
+    /// Bytes received but not decoded yet (raw bytes after a `Sending`).
+    pub fn take_buffered(&mut self) -> Vec<u8> {
+        self.buf.split().to_vec()
+    }
+
     /// A whole well-behaved upload from offset 0; returns the final answer.
+    /// A `Present` is answered with `Proceed`, so the same name always
+    /// stores a new copy, as a version-1 client would.
     pub async fn upload(&mut self, name: &str, data: &[u8]) -> ServerMessage {
-        match self.offer(name, data.len() as u64).await {
+        let mut answer = self.offer(name, data.len() as u64).await;
+        if let ServerMessage::Present { .. } = answer {
+            self.send(ClientMessage::Proceed).await;
+            answer = self.recv().await.expect("answer to proceed");
+        }
+        match answer {
             ServerMessage::Accept { offset: 0, .. } => {}
             other => return other,
         }

@@ -3,6 +3,9 @@
 //!
 //! Messages go one at a time: the next is sent only once every member has the
 //! previous one, so each figure is one message's full delivery time.
+//!
+//! The same case runs against chat-srv (a room, `NICK: fan-<i>` lines) or an IRC
+//! server (a channel, `PRIVMSG #fanout :fan-<i>`), so both are timed alike.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,9 +16,15 @@ use anyhow::{bail, Context, Result};
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::conn::{percentile, LineConn, REPLY_SUFFIX};
+use crate::irc;
 
-/// How many connects may be in flight at once.
+/// How many connects may be in flight at once against chat-srv (backlog 4096).
 const CONNECT_CONCURRENCY: usize = 128;
+
+/// The same against an IRC server: ngircd listens with a short backlog, and SYNs
+/// beyond it are dropped and retried after 1, 2, 4, 8... seconds, which stretched
+/// a 1,000-member set-up past a minute. Set-up is not timed, so going slower is free.
+const IRC_CONNECT_CONCURRENCY: usize = 4;
 
 /// Time allowed for all members to connect and join.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -26,12 +35,27 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The room every member joins.
 const ROOM: &str = "fanout";
 
+/// The IRC channel every member joins.
+const CHANNEL: &str = "#fanout";
+
+/// Which server speaks at the other end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    /// chat-srv: `/join fanout`, messages arrive as `NICK: text`.
+    Chat,
+    /// An IRC server: `JOIN #fanout`, messages arrive as `PRIVMSG #fanout :text`.
+    Irc,
+}
+
 /// Options of `loadgen fanout`.
 #[derive(Debug, clap::Args)]
 pub struct FanoutArgs {
     /// Server address (loopback).
     #[arg(long)]
     addr: SocketAddr,
+    /// Protocol of the server.
+    #[arg(long, value_enum, default_value = "chat")]
+    mode: Protocol,
     /// Members of the room besides the sender.
     #[arg(long, default_value_t = 1000)]
     members: usize,
@@ -52,17 +76,28 @@ pub async fn run(args: FanoutArgs) -> Result<String> {
         Arc::new((0..args.messages).map(|_| AtomicUsize::new(0)).collect());
     let (done_tx, mut done_rx) = mpsc::channel::<(usize, Instant)>(args.messages);
     let (ready_tx, mut ready_rx) = mpsc::channel::<Result<()>>(args.members);
-    let connects = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
+    let connects = Arc::new(Semaphore::new(match args.mode {
+        Protocol::Chat => CONNECT_CONCURRENCY,
+        Protocol::Irc => IRC_CONNECT_CONCURRENCY,
+    }));
     for id in 0..args.members {
         let (ready_tx, done_tx) = (ready_tx.clone(), done_tx.clone());
         let (received, connects) = (Arc::clone(&received), Arc::clone(&connects));
-        let (addr, members) = (args.addr, args.members);
+        let (addr, members, mode) = (args.addr, args.members, args.mode);
         tokio::spawn(async move {
             let setup = async {
                 let _permit = connects.acquire().await.context("connect gate closed")?;
                 let mut conn = LineConn::connect(addr, 4096).await?;
-                conn.expect_welcome().await?;
-                conn.join(ROOM, &format!("member-{id}")).await?;
+                match mode {
+                    Protocol::Chat => {
+                        conn.expect_welcome().await?;
+                        conn.join(ROOM, &format!("member-{id}")).await?;
+                    }
+                    Protocol::Irc => {
+                        irc::register(&mut conn, &format!("m{id}")).await?;
+                        irc::join(&mut conn, CHANNEL).await?;
+                    }
+                }
                 Ok(conn)
             };
             let mut conn = match setup.await {
@@ -77,12 +112,19 @@ pub async fn run(args: FanoutArgs) -> Result<String> {
             };
             drop(ready_tx);
             // Every line is read (join notices too) so the member never lags;
-            // only `NICK: fan-<i>` lines are counted.
-            while let Ok(line) = conn.read_line().await {
-                let Some(seq) = message_index(line) else {
-                    continue;
+            // only `fan-<i>` messages are counted.
+            loop {
+                let seq = match mode {
+                    Protocol::Chat => match conn.read_line().await {
+                        Ok(line) => message_index(line),
+                        Err(_) => break,
+                    },
+                    Protocol::Irc => match irc::handle(&mut conn).await {
+                        Ok(seq) => seq,
+                        Err(_) => break,
+                    },
                 };
-                let Some(counter) = received.get(seq) else {
+                let Some((seq, counter)) = seq.and_then(|i| Some((i, received.get(i)?))) else {
                     continue;
                 };
                 if counter.fetch_add(1, Ordering::AcqRel) + 1 == members {
@@ -95,8 +137,16 @@ pub async fn run(args: FanoutArgs) -> Result<String> {
     crate::conn::all_ready(&mut ready_rx, args.members, "members", SETUP_TIMEOUT).await?;
 
     let mut sender = LineConn::connect(args.addr, 4096).await?;
-    sender.expect_welcome().await?;
-    sender.join(ROOM, "sender-ready").await?;
+    match args.mode {
+        Protocol::Chat => {
+            sender.expect_welcome().await?;
+            sender.join(ROOM, "sender-ready").await?;
+        }
+        Protocol::Irc => {
+            irc::register(&mut sender, "sender").await?;
+            irc::join(&mut sender, CHANNEL).await?;
+        }
+    }
 
     let deadline = Instant::now() + Duration::from_secs_f64(args.max_secs);
     let mut samples = Vec::with_capacity(args.messages);
@@ -105,14 +155,17 @@ pub async fn run(args: FanoutArgs) -> Result<String> {
             break;
         }
         let begin = Instant::now();
-        sender.send(format!("fan-{seq}\n").as_bytes()).await?;
+        let line = match args.mode {
+            Protocol::Chat => format!("fan-{seq}\n"),
+            Protocol::Irc => format!("PRIVMSG {CHANNEL} :fan-{seq}\r\n"),
+        };
+        sender.send(line.as_bytes()).await?;
         let echo = format!("fan-{seq}{REPLY_SUFFIX}");
         let delivered = async {
-            // The sender's own reply arrives too; read it so its queue stays empty.
-            loop {
-                if sender.read_line().await? == echo.as_bytes() {
-                    break;
-                }
+            // chat-srv answers the sender too; read that reply so its queue stays
+            // empty. An IRC server sends nothing back for a channel message.
+            if args.mode == Protocol::Chat {
+                while sender.read_line().await? != echo.as_bytes() {}
             }
             match done_rx.recv().await {
                 Some((done, at)) if done == seq => Ok(at),

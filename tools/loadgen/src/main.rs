@@ -8,14 +8,17 @@
 //! # Layout
 //! - [`conn`]: a line-oriented TCP client and the chat handshake (welcome, join).
 //! - [`rtt`]: N clients in lock-step request/reply (chat message or redis `PING`).
-//! - [`fanout`]: one sender, one room of many members, time until all have a line.
+//! - [`fanout`]: one sender, one room of many members, time until all have a line
+//!   (chat-srv, or an IRC server through [`irc`]).
+//! - [`irc`]: IRC registration, join and message parsing for the fan-out peer.
 //! - [`idle`]: many connections that only hold their socket, for the memory figure.
-//! - [`hash`]: in-memory SHA-256 speed of the `sha2` crate as built in release.
+//! - [`hash`]: in-memory speed of each digest implementation in `proto::digest`.
 
 mod conn;
 mod fanout;
 mod hash;
 mod idle;
+mod irc;
 mod rtt;
 
 use anyhow::{Context, Result};
@@ -41,8 +44,8 @@ enum Mode {
     Fanout(fanout::FanoutArgs),
     /// Open many connections, wait for each welcome, hold them until stdin closes.
     Idle(idle::IdleArgs),
-    /// Hash bytes in memory with the sha2 crate and report the throughput.
-    Sha256(hash::HashArgs),
+    /// Hash bytes in memory with one digest implementation and report the throughput.
+    Hash(hash::HashArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -79,7 +82,7 @@ fn run(cli: Cli) -> Result<String> {
             Mode::Rtt(args) => rtt::run(args).await,
             Mode::Fanout(args) => fanout::run(args).await,
             Mode::Idle(args) => idle::run(args, nofile).await,
-            Mode::Sha256(args) => Ok(hash::run(&args)),
+            Mode::Hash(args) => Ok(hash::run(&args)),
         }
     })
 }
