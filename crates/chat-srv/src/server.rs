@@ -73,8 +73,11 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     for port in &ports {
         let addr = port.local_addr().map_err(ServerError::LocalAddr)?;
-        let kind = if port.is_tls() { "TLS" } else { "plain" };
-        info!("listening on {addr} ({kind})");
+        if port.is_tls() {
+            info!("listening with TLS on {addr}");
+        } else {
+            info!("listening on {addr}");
+        }
     }
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();

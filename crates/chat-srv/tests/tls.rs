@@ -247,12 +247,12 @@ impl Exe {
         panic!("chat-srv exited without logging {needle:?}");
     }
 
-    /// The address in a "listening on ADDR (kind)" line.
-    fn listening(&mut self, kind: &str) -> SocketAddr {
-        let line = self.until(&format!("({kind})"));
-        let at = line.find("listening on ").expect("listening line") + "listening on ".len();
-        let rest = &line[at..];
-        rest[..rest.find(' ').unwrap()].parse().unwrap()
+    /// The address in the "listening with TLS on ADDR" line.
+    fn listening_tls(&mut self) -> SocketAddr {
+        let line = self.until("listening with TLS on ");
+        let at = line.find("listening with TLS on ").expect("listening line")
+            + "listening with TLS on ".len();
+        line[at..].trim().parse().unwrap()
     }
 }
 
@@ -312,7 +312,7 @@ async fn no_plain_serves_tls_only() {
         dir,
     ]);
     let fp = fingerprint_in(&exe.until("certificate SHA-256 fingerprint"));
-    let tls = exe.listening("TLS");
+    let tls = exe.listening_tls();
     let stream = connect(tls, &Trust::Pin(fp)).await.unwrap();
     chat_exchange(stream).await;
     assert!(

@@ -128,15 +128,15 @@ fn announce(listener: &tokio::net::TcpListener, identity: &Identity) {
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ClientTls {
     /// Connect with TLS, verifying the server against the system's root certificates
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub tls: bool,
     /// Trust this CA or certificate (PEM) instead of the system's roots; implies --tls
-    #[arg(long, value_name = "PEM", conflicts_with = "tls_pin")]
+    #[arg(long, global = true, value_name = "PEM", conflicts_with = "tls_pin")]
     pub tls_ca: Option<PathBuf>,
     /// Accept exactly the server certificate with this SHA-256 fingerprint (hex;
     /// colons and case ignored, as `openssl x509 -noout -fingerprint -sha256`
     /// prints it); implies --tls
-    #[arg(long, value_name = "FINGERPRINT", value_parser = parse_pin)]
+    #[arg(long, global = true, value_name = "FINGERPRINT", value_parser = parse_pin)]
     pub tls_pin: Option<Fingerprint>,
 }
 

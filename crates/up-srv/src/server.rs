@@ -164,9 +164,9 @@ pub(crate) async fn serve(
         if !is_loopback(&addr) && config.token.is_none() {
             warn!("listening on non-loopback address {addr} without a token: anyone who can reach it may upload (set --token, --token-file or UP_TOKEN)");
         }
-        let kind = if port.is_tls() { "TLS" } else { "plain" };
+        let with = if port.is_tls() { "with TLS " } else { "" };
         info!(
-            "listening on {addr} ({kind}), storing into {}",
+            "listening {with}on {addr}, storing into {}",
             config.dir.display()
         );
     }
