@@ -6,6 +6,9 @@
 //! 4. `cargo xtask e2e` (run in-process)
 //! 5. `cargo xtask bench --quick` (a smoke run: it must succeed, its figures are not judged)
 //!
+//! Before step 1 it makes sure redis-server is there (the chat cluster tests run a real
+//! one), installing Debian's package when it may, or stops with one line.
+//!
 //! `.ci/run` calls this, and the README names it as the test command.
 
 use std::time::Instant;
@@ -52,6 +55,12 @@ const TOTAL_STEPS: usize = CARGO_STEPS.len() + 2;
 /// Runs every CI step; the first failure ends the run with its fix-it hint.
 pub fn run() -> Result<()> {
     let started = Instant::now();
+    // Outside programs the steps need, before any step runs: found, installed, or
+    // one line saying what to install.
+    crate::e2e::cluster::redis_server().context("ci cannot start")?;
+    // The store tests need a real S3-compatible server: found or installed first,
+    // or one line saying what to install before any step runs.
+    crate::s3::export().map_err(|e| anyhow::anyhow!("ci cannot run the S3 store tests: {e}"))?;
     for (i, step) in CARGO_STEPS.iter().enumerate() {
         header(i + 1, step.title, &format!("cargo {}", step.args.join(" ")));
         let status = service::cargo()

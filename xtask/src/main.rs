@@ -19,6 +19,7 @@
 //! - [`clients`]: std `TcpStream` clients speaking the chat lines and the legacy upload.
 //! - [`images`]: deterministic JPEG and PNG files for the upload checks.
 //! - [`install`]: finding (or installing) the outside programs xtask drives.
+//! - [`s3`]: `cargo xtask s3`, the S3-compatible server for the store tests (moto).
 //! - [`verify`]: SHA-256 of files and `up-cli`'s `<sha256>  <name>` lines.
 //! - `tidy` (tests only): repository rules that `cargo test --workspace` enforces.
 
@@ -30,6 +31,7 @@ mod e2e;
 mod images;
 mod install;
 mod man;
+mod s3;
 mod serve;
 mod service;
 mod soak;
@@ -65,6 +67,8 @@ enum Task {
     Man,
     /// The hardening tests at full size (2,000 chat clients for 60 s...), optionally fuzzing.
     Soak(soak::SoakArgs),
+    /// Find or install the S3-compatible server the store tests use (moto) and print its path.
+    S3,
 }
 
 /// Runs one task; `ci` calls this too, for the tasks it chains.
@@ -82,6 +86,7 @@ fn run_task(task: Task) -> anyhow::Result<()> {
         Task::Bench(args) => bench::run(args),
         Task::Soak(args) => soak::run(args),
         Task::Man => man::run(),
+        Task::S3 => s3::run(),
     }
 }
 

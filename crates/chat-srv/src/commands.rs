@@ -6,16 +6,23 @@
 //! command succeeds, `! …` when a line is refused. Lines for other clients go
 //! through their bounded queues (`room::deliver`). See the "Chat" section of
 //! `docs/PROTOCOL.md` for every form.
+//!
+//! On a cluster node (`--redis`) the same commands also reach the other
+//! nodes through [`crate::cluster`]: room lines and notices are published
+//! after local delivery, and `/nick`, `/who`, `/rooms`, `/msg` and
+//! `/history` ask Redis; while the node is split from Redis they answer
+//! from this node alone (and `/nick` waits for the chat to be whole).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 
 use std::net::SocketAddr;
 
-use bytes::BytesMut;
-use proto::chat::{count, validate_nick, validate_room, ClientLine, ServerLine};
+use bytes::{Bytes, BytesMut};
+use proto::chat::{count, name_key, validate_nick, validate_room, ClientLine, ServerLine};
 use tracing::debug;
 
+use crate::cluster::{Claim, ClusterError, LineKind};
 use crate::room::{deliver, send, Peer, RenameError};
 use crate::shared::Shared;
 use crate::NOTICE_ROOM_LIMIT;
@@ -37,17 +44,23 @@ pub(crate) struct Member {
     pub addr: SocketAddr,
 }
 
-/// Runs one parsed line that is neither empty nor a quit.
-pub(crate) fn apply(line: ClientLine<'_>, me: &mut Member, shared: &Shared, out: &mut BytesMut) {
+/// Runs one parsed line that is neither empty nor a quit. Only on a
+/// cluster node does it wait (for Redis, at most `cluster::QUERY_TIMEOUT`).
+pub(crate) async fn apply(
+    line: ClientLine<'_>,
+    me: &mut Member,
+    shared: &Shared,
+    out: &mut BytesMut,
+) {
     match line {
         ClientLine::Message(text) => message(text, me, shared, out),
-        ClientLine::Nick(new) => nick(new, me, shared, out),
-        ClientLine::Join(room) => join(room, me, shared, out),
-        ClientLine::Rooms => rooms(shared, out),
-        ClientLine::Who => who(me, shared, out),
-        ClientLine::Msg { to, text } => private(to, text, me, shared, out),
+        ClientLine::Nick(new) => nick(new, me, shared, out).await,
+        ClientLine::Join(room) => join(room, me, shared, out).await,
+        ClientLine::Rooms => rooms(shared, out).await,
+        ClientLine::Who => who(me, shared, out).await,
+        ClientLine::Msg { to, text } => private(to, text, me, shared, out).await,
         ClientLine::Help => ServerLine::Ok(HELP).encode(out),
-        ClientLine::History(n) => history(n, me, shared, out),
+        ClientLine::History(n) => history(n, me, shared, out).await,
         // The session handles these before calling here.
         ClientLine::Empty | ClientLine::Quit => {}
     }
@@ -66,19 +79,44 @@ fn message(text: &str, me: &Member, shared: &Shared, out: &mut BytesMut) {
         }
         .to_bytes()
     });
-    let members = shared.registry.post(&me.room, kept);
+    let members = shared.registry.post(&me.room, kept.clone());
+    let cluster = shared.cluster();
     // A lone client (the legacy tutorial case) costs no broadcast at all.
-    if members.len() > 1 {
+    if members.len() > 1 || cluster.is_some() {
         let line = ServerLine::Chat { from, text }.to_bytes();
+        // Published first: the other nodes' members have the longer way.
+        if let Some(cluster) = cluster {
+            cluster.room_line(&me.room, LineKind::Chat, line.clone());
+        }
         deliver(&members, me.peer.id, &line);
+        if let (Some(cluster), Some(kept)) = (cluster, kept) {
+            let kept = String::from_utf8_lossy(&kept);
+            cluster.record(&me.room, unix_ms(), kept.trim_end_matches('\n'));
+        }
     }
 }
 
-fn history(n: usize, me: &Member, shared: &Shared, out: &mut BytesMut) {
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+async fn history(n: usize, me: &Member, shared: &Shared, out: &mut BytesMut) {
     if !shared.registry.keeps_history() {
         return ServerLine::Ok("this server keeps no history (chat-srv --history 0)").encode(out);
     }
-    let lines = shared.registry.history(&me.room, n);
+    let from_cluster = match shared.cluster() {
+        Some(cluster) => cluster.history(&me.room, n).await.ok(),
+        None => None,
+    };
+    let lines: Vec<Bytes> = match from_cluster {
+        Some(entries) => entries
+            .into_iter()
+            .map(|e| Bytes::from(format!("{}\n", e.line)))
+            .collect(),
+        None => shared.registry.history(&me.room, n),
+    };
     for line in &lines {
         out.extend_from_slice(line);
     }
@@ -90,15 +128,35 @@ fn history(n: usize, me: &Member, shared: &Shared, out: &mut BytesMut) {
     ServerLine::Ok(&text).encode(out);
 }
 
-/// Sends `* text` to the other members, if the room is small enough for
-/// notices (see [`NOTICE_ROOM_LIMIT`]).
-fn notify(members: &[Peer], except: u64, text: &str) {
-    if members.len() <= NOTICE_ROOM_LIMIT && members.iter().any(|p| p.id != except) {
-        deliver(members, except, &ServerLine::Notice(text).to_bytes());
+/// Sends `* text` to the other members of `room`, if the room is small
+/// enough for notices (see [`NOTICE_ROOM_LIMIT`]), and to its members on
+/// the other cluster nodes.
+fn notify(shared: &Shared, room: &str, members: &[Peer], except: u64, text: &str) {
+    let local = members.len() <= NOTICE_ROOM_LIMIT && members.iter().any(|p| p.id != except);
+    let cluster = shared.cluster();
+    if !local && cluster.is_none() {
+        return;
+    }
+    let line = ServerLine::Notice(text).to_bytes();
+    if local {
+        deliver(members, except, &line);
+    }
+    if let Some(cluster) = cluster {
+        cluster.room_line(room, LineKind::Notice, line);
     }
 }
 
-fn nick(new: &str, me: &mut Member, shared: &Shared, out: &mut BytesMut) {
+/// The answer to a nickname change a cluster node cannot check now.
+fn unchecked_nick_error(e: &ClusterError) -> String {
+    match e {
+        ClusterError::Split => {
+            "the chat is split: nickname changes wait until it is whole again".to_owned()
+        }
+        e => format!("cannot check the nickname with the other servers ({e}); try again"),
+    }
+}
+
+async fn nick(new: &str, me: &mut Member, shared: &Shared, out: &mut BytesMut) {
     let new = match validate_nick(new) {
         Ok(nfc) => nfc,
         Err(e) => return ServerLine::Error(&e.to_string()).encode(out),
@@ -107,11 +165,27 @@ fn nick(new: &str, me: &mut Member, shared: &Shared, out: &mut BytesMut) {
         return ServerLine::Error(&format!("you are already {new}")).encode(out);
     }
     let old = me.peer.nick.clone();
+    if let Some(cluster) = shared.cluster() {
+        // Redis decides first: exactly one of racing claims on any node wins.
+        let (old_key, new_key) = (name_key(&old), name_key(&new));
+        match cluster
+            .claim_nick(me.peer.id, &old_key, &new_key, &new)
+            .await
+        {
+            Ok(Claim::Won) => {}
+            Ok(Claim::Taken) => {
+                let msg = format!("nickname {new} is taken, choose another");
+                return ServerLine::Error(&msg).encode(out);
+            }
+            Err(e) => return ServerLine::Error(&unchecked_nick_error(&e)).encode(out),
+        }
+    }
     match shared.registry.rename(&mut me.peer, &me.room, &new) {
         Ok(members) => {
             debug!(peer = %me.addr, %old, %new, "nick changed");
             ServerLine::Ok(&format!("you are now {new}")).encode(out);
-            notify(&members, me.peer.id, &format!("{old} is now {new}"));
+            let text = format!("{old} is now {new}");
+            notify(shared, &me.room, &members, me.peer.id, &text);
         }
         Err(RenameError::Taken) => {
             ServerLine::Error(&format!("nickname {new} is taken, choose another")).encode(out);
@@ -119,7 +193,7 @@ fn nick(new: &str, me: &mut Member, shared: &Shared, out: &mut BytesMut) {
     }
 }
 
-fn join(room: &str, me: &mut Member, shared: &Shared, out: &mut BytesMut) {
+async fn join(room: &str, me: &mut Member, shared: &Shared, out: &mut BytesMut) {
     let room = match validate_room(room) {
         Ok(room) => room,
         Err(e) => return ServerLine::Error(&e.to_string()).encode(out),
@@ -129,11 +203,31 @@ fn join(room: &str, me: &mut Member, shared: &Shared, out: &mut BytesMut) {
     }
     let (new_room, old, new) = shared.registry.switch(&me.peer, &me.room, &room);
     debug!(peer = %me.addr, nick = %me.peer.nick, from = %me.room, to = %new_room, "moved");
-    me.room = new_room;
+    if let Some(cluster) = shared.cluster() {
+        cluster.switch(me.peer.id, &new_room, &new_room);
+    }
+    let from = std::mem::replace(&mut me.room, new_room);
     let nick = &me.peer.nick;
-    notify(&old, me.peer.id, &format!("{nick} left for {room}"));
-    notify(&new, me.peer.id, &format!("{nick} joined"));
-    let members = count(new.len(), "member", "members");
+    notify(
+        shared,
+        &from,
+        &old,
+        me.peer.id,
+        &format!("{nick} left for {room}"),
+    );
+    notify(
+        shared,
+        &me.room,
+        &new,
+        me.peer.id,
+        &format!("{nick} joined"),
+    );
+    // A cluster node counts the whole room (asked after the move, in order).
+    let total = match shared.cluster() {
+        Some(cluster) => cluster.room_size(&me.room).await.unwrap_or(new.len()),
+        None => new.len(),
+    };
+    let members = count(total, "member", "members");
     ServerLine::Ok(&format!("you are now in {room} ({members})")).encode(out);
 }
 
@@ -151,8 +245,15 @@ fn push_list<I: ExactSizeIterator<Item = String>>(text: &mut String, items: I) {
     }
 }
 
-fn rooms(shared: &Shared, out: &mut BytesMut) {
-    let list = shared.registry.room_list();
+async fn rooms(shared: &Shared, out: &mut BytesMut) {
+    let from_cluster = match shared.cluster() {
+        Some(cluster) => cluster.rooms().await.ok(),
+        None => None,
+    };
+    let list: Vec<(Arc<str>, usize)> = match from_cluster {
+        Some(list) => list.into_iter().map(|(r, n)| (r.into(), n)).collect(),
+        None => shared.registry.room_list(),
+    };
     let mut text = format!("{}: ", count(list.len(), "room", "rooms"));
     push_list(
         &mut text,
@@ -161,22 +262,32 @@ fn rooms(shared: &Shared, out: &mut BytesMut) {
     ServerLine::Ok(&text).encode(out);
 }
 
-fn who(me: &Member, shared: &Shared, out: &mut BytesMut) {
-    let members = shared.registry.members(&me.room);
-    let mut nicks: Vec<&str> = members.iter().map(|p| &*p.nick).collect();
-    nicks.sort_unstable();
+async fn who(me: &Member, shared: &Shared, out: &mut BytesMut) {
+    let from_cluster = match shared.cluster() {
+        Some(cluster) => cluster.who(&me.room).await.ok(),
+        None => None,
+    };
+    let nicks: Vec<String> = match from_cluster {
+        Some(nicks) => nicks,
+        None => {
+            let members = shared.registry.members(&me.room);
+            let mut nicks: Vec<String> = members.iter().map(|p| p.nick.to_string()).collect();
+            nicks.sort_unstable();
+            nicks
+        }
+    };
     let mut text = format!("{} in {}: ", nicks.len(), me.room);
-    push_list(&mut text, nicks.iter().map(|n| n.to_string()));
+    push_list(&mut text, nicks.into_iter());
     ServerLine::Ok(&text).encode(out);
 }
 
-fn private(to: &str, text: &str, me: &Member, shared: &Shared, out: &mut BytesMut) {
-    let Some(peer) = shared.registry.find(to) else {
-        return ServerLine::Error(&format!("no such nickname: {to}")).encode(out);
-    };
+async fn private(to: &str, text: &str, me: &Member, shared: &Shared, out: &mut BytesMut) {
     let line = ServerLine::Private {
         from: &me.peer.nick,
         text,
+    };
+    let Some(peer) = shared.registry.find(to) else {
+        return private_elsewhere(to, line.to_bytes(), shared, out).await;
     };
     if send(&peer, line.to_bytes()) {
         ServerLine::Ok(&format!("sent to {}", peer.nick)).encode(out);
@@ -189,13 +300,44 @@ fn private(to: &str, text: &str, me: &Member, shared: &Shared, out: &mut BytesMu
     }
 }
 
-/// Tells the lobby a client connected (never the client itself).
-pub(crate) fn notify_join(members: &[Peer], me: u64, nick: &str) {
-    notify(members, me, &format!("{nick} joined"));
+/// `/msg` to a nickname not on this node: through the cluster, if any.
+async fn private_elsewhere(to: &str, line: Bytes, shared: &Shared, out: &mut BytesMut) {
+    let found = match shared.cluster() {
+        Some(cluster) => match cluster.find(&name_key(to)).await {
+            Ok(Some(peer)) => {
+                cluster.private_line(&peer, line);
+                Some(peer.nick)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                let msg = format!("cannot reach the other servers ({e}); {to} is not on this one");
+                return ServerLine::Error(&msg).encode(out);
+            }
+        },
+        None => None,
+    };
+    match found {
+        Some(nick) => ServerLine::Ok(&format!("sent to {nick}")).encode(out),
+        None => ServerLine::Error(&format!("no such nickname: {to}")).encode(out),
+    }
 }
 
-/// Tells the remaining members of a room that a client disconnected.
-pub(crate) fn notify_leave(remaining: &[Peer], nick: &str) {
+/// Tells the lobby a client connected (never the client itself).
+pub(crate) fn notify_join(shared: &Shared, room: &str, members: &[Peer], me: u64, nick: &str) {
+    notify(shared, room, members, me, &format!("{nick} joined"));
+}
+
+/// Tells the remaining members of a room that a client disconnected: on
+/// this node only when `local` (not at shutdown, when all are leaving),
+/// on the other cluster nodes always.
+pub(crate) fn notify_leave(
+    shared: &Shared,
+    room: &str,
+    remaining: &[Peer],
+    nick: &str,
+    local: bool,
+) {
+    let remaining = if local { remaining } else { &[] };
     // The client already left the list, so nobody is excluded.
-    notify(remaining, u64::MAX, &format!("{nick} left"));
+    notify(shared, room, remaining, u64::MAX, &format!("{nick} left"));
 }

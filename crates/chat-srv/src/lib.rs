@@ -15,7 +15,9 @@
 //!   rule, rate and idle limits, the bounded outgoing queue.
 //! - `commands`: what each client line does (`/nick`, `/join`, messages…).
 //! - `room`: the shared registry of rooms, nicknames and room history.
+//! - [`cluster`]: several servers as one chat through Redis (`--redis`).
 
+pub mod cluster;
 mod commands;
 mod room;
 mod server;
@@ -73,6 +75,9 @@ pub struct Config {
     pub idle_timeout: Option<Duration>,
     /// Chat lines kept per room for `/history`; `0` keeps none.
     pub history: usize,
+    /// Join a cluster of servers through Redis; `None` (the default) is a
+    /// single server that needs nothing else.
+    pub cluster: Option<cluster::ClusterConfig>,
 }
 
 impl Default for Config {
@@ -84,6 +89,7 @@ impl Default for Config {
             rate: DEFAULT_RATE,
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             history: DEFAULT_HISTORY,
+            cluster: None,
         }
     }
 }
@@ -94,6 +100,9 @@ pub enum ServerError {
     /// A listener's own address could not be read.
     #[error("cannot read the listening address: {0}")]
     LocalAddr(#[source] std::io::Error),
+    /// The cluster could not be joined (`--redis`).
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
     /// The server task of a [`ServerHandle`] panicked or was cancelled.
     #[error("the server task failed: {0}")]
     Task(String),

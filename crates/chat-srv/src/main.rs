@@ -23,7 +23,8 @@ use clap::Parser;
     chat-srv -b 0.0.0.0 --rate 0      all interfaces, no rate limit\n  \
     chat-srv --tls-port 8889          TLS on 8889 as well (self-signed, fingerprint logged)\n  \
     chat-srv -b 0.0.0.0 --tls-port 8889 --no-plain   TLS only, all interfaces\n  \
-    RUST_LOG=debug chat-srv           verbose logs\n\n\
+    RUST_LOG=debug chat-srv           verbose logs\n  \
+    chat-srv -p 8881 --redis redis://127.0.0.1:6379/0   one node of a cluster (docs/SCALING.md)\n\n\
     Then connect with `chat-cli`, `nc 127.0.0.1 8888` or `telnet 127.0.0.1 8888`;\n\
     over TLS with `chat-cli -p 8889 --tls-pin FINGERPRINT` or `openssl s_client -connect 127.0.0.1:8889`.\n\
     Exit codes: 0 clean shutdown (SIGINT/SIGTERM), 1 runtime error, 2 usage error."
@@ -56,6 +57,14 @@ struct Args {
     /// Chat lines each room keeps for `/history` (while the room exists); 0 turns history off.
     #[arg(long, value_name = "N", default_value_t = chat_srv::DEFAULT_HISTORY)]
     history: usize,
+    /// Join the other chat-srv nodes using this Redis (for example
+    /// redis://127.0.0.1:6379/0) to form one chat; without it this server is the whole chat.
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
+    /// Name of the chat within that Redis: nodes with the same Redis and name are one chat.
+    #[arg(long, value_name = "NAME", default_value = chat_srv::cluster::DEFAULT_CLUSTER_NAME,
+          requires = "redis")]
+    cluster_name: String,
     /// Worker threads; 0 picks half the CPU cores (at least one), leaving the rest
     /// to the kernel's network work, which is most of a chat server's cost.
     #[arg(long, value_name = "N", default_value_t = 0)]
@@ -114,6 +123,11 @@ async fn serve_on_runtime(args: Args) -> anyhow::Result<()> {
         rate: args.rate,
         idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
         history: args.history,
+        cluster: args.redis.map(|url| chat_srv::cluster::ClusterConfig {
+            name: args.cluster_name,
+            history: args.history,
+            ..chat_srv::cluster::ClusterConfig::new(url)
+        }),
     };
     let signals =
         transport::signal::shutdown().context("installing the SIGINT/SIGTERM handlers")?;

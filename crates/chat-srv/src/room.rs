@@ -61,14 +61,24 @@ pub(crate) struct Registry {
     inner: Mutex<Inner>,
     /// Lines of history kept per room; 0 keeps none.
     history: usize,
+    /// Put between `guest-` and the id: empty on a single server; in a
+    /// cluster, a tag of the node, so guests of two nodes never share a name.
+    guest_tag: Box<str>,
 }
 
 impl Registry {
     /// An empty registry keeping `history` lines per room.
+    #[cfg(test)]
     pub fn new(history: usize) -> Self {
+        Registry::with_guest_tag(history, "")
+    }
+
+    /// An empty registry whose guests are named `guest-{tag}{id}`.
+    pub fn with_guest_tag(history: usize, tag: &str) -> Self {
         Registry {
             inner: Mutex::default(),
             history,
+            guest_tag: tag.into(),
         }
     }
 
@@ -95,7 +105,7 @@ impl Registry {
         let id = inner.next_id;
         // `guest-` names cannot be chosen with /nick and ids never repeat,
         // so this name is free.
-        let nick: Arc<str> = format!("{}{id}", proto::chat::GUEST_PREFIX).into();
+        let nick: Arc<str> = format!("{}{}{id}", proto::chat::GUEST_PREFIX, self.guest_tag).into();
         let peer = Peer { id, nick, tx, kick };
         inner
             .nicks
@@ -190,6 +200,22 @@ impl Registry {
         drop(inner);
         list.sort_unstable();
         list
+    }
+
+    /// The client with this id, if connected (a scan: for the rare private
+    /// line that arrives from another cluster node).
+    pub fn peer(&self, id: u64) -> Option<Peer> {
+        self.lock().nicks.values().find(|p| p.id == id).cloned()
+    }
+
+    /// Every client with its room (for the cluster's registration).
+    pub fn everyone(&self) -> Vec<(Peer, Arc<str>)> {
+        let inner = self.lock();
+        let mut all = Vec::with_capacity(inner.nicks.len());
+        for (room, r) in &inner.rooms {
+            all.extend(r.members.iter().map(|p| (p.clone(), room.clone())));
+        }
+        all
     }
 
     /// The client known by `nick` (ignoring case), if connected.

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
+use crate::cluster::{self, Cluster};
 use crate::shared::Shared;
 use crate::{Config, ServerError};
 
@@ -42,6 +43,9 @@ pub fn hints() -> transport::Hints {
     }
 }
 
+/// How long leaving the cluster may take at shutdown.
+const CLUSTER_CLOSE: Duration = Duration::from_millis(400);
+
 /// Serves chat clients on the plain `listener` until `shutdown` completes,
 /// then tells every client, closes the connections and returns.
 pub async fn run(
@@ -60,25 +64,48 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future,
 ) -> Result<(), ServerError> {
-    for port in &ports {
-        let addr = port.local_addr().map_err(ServerError::LocalAddr)?;
-        if port.is_tls() {
+    let addrs = ports
+        .iter()
+        .map(|port| {
+            Ok((
+                port.local_addr().map_err(ServerError::LocalAddr)?,
+                port.is_tls(),
+            ))
+        })
+        .collect::<Result<Vec<_>, ServerError>>()?;
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let full = server_full_text(config.max_clients);
+    let gate = transport::Gate::new(config.max_clients, ServerLine::Error(&full).to_bytes());
+    let cluster_config = config.cluster.clone();
+    let node = cluster_config.as_ref().map(|_| cluster::new_node_id());
+    // A cluster node's guests carry a tag of the node: `guest-3fa2-17`.
+    let guest_tag = node
+        .as_deref()
+        .map(|n| format!("{}-", n.get(..4).unwrap_or(n)))
+        .unwrap_or_default();
+    let shared = Arc::new(Shared::new(config, token.clone(), &guest_tag));
+    // Its own token: the cluster outlives the sessions, to send their leaves.
+    let cluster_stop = CancellationToken::new();
+    if let (Some(cluster_config), Some(node)) = (cluster_config, node) {
+        let bridge = Arc::new(cluster::Bridge::new(Arc::downgrade(&shared)));
+        let cluster = Cluster::start(cluster_config, node, bridge, cluster_stop.clone()).await?;
+        let _ = shared.cluster.set(cluster);
+    }
+    for (addr, tls) in addrs {
+        if tls {
             info!("listening with TLS on {addr}");
         } else {
             info!("listening on {addr}");
         }
     }
-    let token = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    let full = server_full_text(config.max_clients);
-    let gate = transport::Gate::new(config.max_clients, ServerLine::Error(&full).to_bytes());
-    let shared = Arc::new(Shared::new(config, token.clone()));
 
+    let session_shared = shared.clone();
     let handler = move |stream: transport::Stream| {
         // Replies are written whole; Nagle's delay would only add latency.
         let _ = stream.set_nodelay(true);
         let peer = stream.peer();
-        crate::session::serve(stream, peer, shared.clone())
+        crate::session::serve(stream, peer, session_shared.clone())
     };
     tokio::select! {
         () = transport::serve(ports, gate, tracker.clone(), token.clone(), handler) => {}
@@ -88,5 +115,10 @@ pub async fn serve(
     info!(connections = tracker.len(), "shutting down");
     token.cancel();
     transport::drain(&tracker, SHUTDOWN_GRACE).await;
+    if let Some(cluster) = shared.cluster() {
+        // Best effort within the exit promise: the others reap what is left.
+        let _ = tokio::time::timeout(CLUSTER_CLOSE, cluster.close()).await;
+    }
+    cluster_stop.cancel();
     Ok(())
 }

@@ -131,8 +131,9 @@ enum Next {
 }
 
 impl Session {
-    /// Handles one decoded line, appending its answer to `out`.
-    fn handle(&mut self, line: DecodedLine, out: &mut BytesMut) -> Next {
+    /// Handles one decoded line, appending its answer to `out`. It waits
+    /// only on a cluster node's commands that ask Redis.
+    async fn handle(&mut self, line: DecodedLine, out: &mut BytesMut) -> Next {
         let line = match line {
             Ok(line) => line,
             Err(e) => {
@@ -161,7 +162,7 @@ impl Session {
                 );
                 ServerLine::Error(&msg).encode(out);
             }
-            Ok(parsed) => apply(parsed, &mut self.member, &self.shared, out),
+            Ok(parsed) => apply(parsed, &mut self.member, &self.shared, out).await,
             Err(e) => ServerLine::Error(&e.to_string()).encode(out),
         }
         Next::Continue
@@ -187,7 +188,10 @@ where
         // The newcomer itself gets only the welcome: the legacy lock-step
         // client reads exactly one reply per message and must not fall out
         // of step.
-        crate::commands::notify_join(&members, me.id, &me.nick);
+        if let Some(cluster) = shared.cluster() {
+            cluster.enter(&crate::cluster::member_info(&me, &room));
+        }
+        crate::commands::notify_join(&shared, &room, &members, me.id, &me.nick);
         // `members` is dropped here: a snapshot kept for the whole session
         // would force every later join to copy the room's member list.
         (me, room)
@@ -207,9 +211,11 @@ where
     conn.goodbye(end).await;
     let Session { shared, member, .. } = conn.session;
     let remaining = shared.registry.leave(&member.peer, &member.room);
-    if end != End::Shutdown {
-        crate::commands::notify_leave(&remaining, &member.peer.nick);
+    if let Some(cluster) = shared.cluster() {
+        cluster.exit(member.peer.id);
     }
+    let local = end != End::Shutdown;
+    crate::commands::notify_leave(&shared, &member.room, &remaining, &member.peer.nick, local);
     info!(%peer, nick = %member.peer.nick, reason = end.as_str(), "disconnected");
 }
 
@@ -229,8 +235,10 @@ struct Conn<S> {
 
 /// What a read brought.
 enum Read {
-    /// Bytes arrived and were handled; the connection goes on.
+    /// Bytes arrived; the connection goes on once they are handled.
     Data,
+    /// The client closed its side.
+    Eof,
     /// The connection ends for this reason.
     End(End),
 }
@@ -273,7 +281,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         Ok(())
     }
 
-    /// Reads what is there and handles every complete line in it.
+    /// Reads what is there. Cancel-safe: the lines are handled by the
+    /// caller after the read, so a wait inside a command (a cluster query)
+    /// never runs inside the `select!` that may drop this future.
     async fn read(&mut self) -> Read {
         // An idle connection holds no read buffer: the first read allocates
         // a few bytes, and only a flowing connection grows it.
@@ -281,26 +291,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             self.rbuf.reserve(READ_CHUNK);
         }
         match self.stream.read_buf(&mut self.rbuf).await {
-            Ok(0) => Read::End(self.end_of_stream()),
+            Ok(0) => Read::Eof,
             Ok(_) => {
                 self.last_input = Instant::now();
-                match self.handle_lines() {
-                    Next::Continue => Read::Data,
-                    Next::Close(end) => Read::End(end),
-                }
+                Read::Data
             }
             Err(_) => Read::End(End::Io),
         }
     }
 
-    fn handle_lines(&mut self) -> Next {
+    async fn handle_lines(&mut self) -> Next {
         if self.session.first_line && looks_like_tls(&self.rbuf) {
             self.rbuf.clear();
             ServerLine::Error(TLS_ON_PLAIN_ERROR).encode(&mut self.out);
             return Next::Close(End::WrongProtocol);
         }
         while let Ok(Some(line)) = self.codec.decode(&mut self.rbuf) {
-            if let Next::Close(end) = self.session.handle(line, &mut self.out) {
+            if let Next::Close(end) = self.session.handle(line, &mut self.out).await {
                 return Next::Close(end);
             }
         }
@@ -314,9 +321,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     /// The client closed its side: a last unterminated line still counts.
-    fn end_of_stream(&mut self) -> End {
+    async fn end_of_stream(&mut self) -> End {
         while let Ok(Some(line)) = self.codec.decode_eof(&mut self.rbuf) {
-            if let Next::Close(end) = self.session.handle(line, &mut self.out) {
+            if let Next::Close(end) = self.session.handle(line, &mut self.out).await {
                 return end;
             }
         }
@@ -331,12 +338,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     /// The pause elapsed: the buffered bytes are a complete line, unless
     /// they end inside a multi-byte character (the next read re-arms).
-    fn on_pause(&mut self) -> Next {
+    async fn on_pause(&mut self) -> Next {
         if self.codec.partial_ends_mid_char(&self.rbuf) {
             return Next::Continue;
         }
         match self.codec.take_partial(&mut self.rbuf) {
-            Some(line) => self.session.handle(line, &mut self.out),
+            Some(line) => self.session.handle(line, &mut self.out).await,
             None => Next::Continue,
         }
     }
@@ -425,11 +432,18 @@ async fn run_loop<S: AsyncRead + AsyncWrite + Unpin>(
             () = &mut stop => return stop_reason(),
             read = conn.read() => match read {
                 Read::End(end) => return end,
-                Read::Data if conn.wants_pause() => if !pause_armed {
-                    pause.as_mut().reset(conn.last_input + PARTIAL_LINE_PAUSE);
-                    pause_armed = true;
-                },
-                Read::Data => pause_armed = false,
+                Read::Eof => return conn.end_of_stream().await,
+                Read::Data => {
+                    if let Next::Close(end) = conn.handle_lines().await {
+                        return end;
+                    }
+                    if !conn.wants_pause() {
+                        pause_armed = false;
+                    } else if !pause_armed {
+                        pause.as_mut().reset(conn.last_input + PARTIAL_LINE_PAUSE);
+                        pause_armed = true;
+                    }
+                }
             },
             line = rx.recv() => match line {
                 Some(line) => conn.out.extend_from_slice(&line),
@@ -442,7 +456,7 @@ async fn run_loop<S: AsyncRead + AsyncWrite + Unpin>(
                     pause.as_mut().reset(due);
                 } else {
                     pause_armed = false;
-                    if let Next::Close(end) = conn.on_pause() {
+                    if let Next::Close(end) = conn.on_pause().await {
                         return end;
                     }
                 }

@@ -5,8 +5,11 @@
 //! way: `server` creates it and starts sessions, `session` and `commands`
 //! read it, and none of them imports `server`.
 
+use std::sync::OnceLock;
+
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::Cluster;
 use crate::room::Registry;
 use crate::Config;
 
@@ -19,15 +22,24 @@ pub(crate) struct Shared {
     /// Cancelled when the server shuts down; each session's kick token is a
     /// child of it.
     pub shutdown: CancellationToken,
+    /// Set once at start when the server is a cluster node (`--redis`).
+    pub cluster: OnceLock<Cluster>,
 }
 
 impl Shared {
-    /// Fresh state for a server with `config`.
-    pub fn new(config: Config, shutdown: CancellationToken) -> Self {
+    /// Fresh state for a server with `config`; guests are named
+    /// `guest-{guest_tag}{id}`.
+    pub fn new(config: Config, shutdown: CancellationToken, guest_tag: &str) -> Self {
         Shared {
-            registry: crate::room::Registry::new(config.history),
+            registry: Registry::with_guest_tag(config.history, guest_tag),
             config,
             shutdown,
+            cluster: OnceLock::new(),
         }
+    }
+
+    /// The cluster, when this server is a node of one.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.get()
     }
 }

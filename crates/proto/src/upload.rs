@@ -251,12 +251,15 @@ pub enum RefusalCode {
     /// 42: the stored file changed since its digest was recorded, so the
     /// server cannot vouch for it.
     Changed,
+    /// 35: the object store behind the server is unreachable or refusing; the
+    /// data is kept on the server, so running the same upload again finishes it.
+    StoreUnavailable,
     /// Any other code.
     Other(u16),
 }
 
 /// One row per known code: (code, wire value, label, closes the connection).
-const REFUSALS: [(RefusalCode, u16, &str, bool); 18] = [
+const REFUSALS: [(RefusalCode, u16, &str, bool); 19] = [
     (RefusalCode::BadMessage, 1, "bad message", true),
     (
         RefusalCode::UnsupportedVersion,
@@ -277,6 +280,12 @@ const REFUSALS: [(RefusalCode, u16, &str, bool); 18] = [
     (RefusalCode::IdleTimeout, 32, "idle timeout", true),
     (RefusalCode::HeaderTooSlow, 33, "header too slow", true),
     (RefusalCode::BodyTooSlow, 34, "too slow", true),
+    (
+        RefusalCode::StoreUnavailable,
+        35,
+        "store unavailable",
+        false,
+    ),
     (RefusalCode::NotAllowed, 40, "not allowed", false),
     (RefusalCode::NotFound, 41, "not found", false),
     (RefusalCode::Changed, 42, "changed on the server", false),

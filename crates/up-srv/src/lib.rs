@@ -16,6 +16,7 @@
 //!   no sockets.
 //! - [`duration`]: parsing `30s`/`7d` durations for the flags (sizes use
 //!   [`proto::size`]).
+//! - [`store`]: finished files in S3-compatible object storage (`--store`).
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -30,6 +31,7 @@ pub mod server;
 pub mod session;
 pub mod shared;
 pub mod storage;
+pub mod store;
 
 /// Port the server listens on unless told otherwise (the wire default).
 pub const DEFAULT_PORT: u16 = proto::upload::DEFAULT_PORT;
@@ -92,6 +94,9 @@ pub struct Config {
     pub partial_max_age: Duration,
     /// Serve `ls` and `get` (off by default: the server is a drop box).
     pub allow_get: bool,
+    /// Finished files go into this object store instead of `dir` (which then
+    /// holds only partials); `None` = the upload dir, the default.
+    pub store: Option<store::Store>,
 }
 
 impl Config {
@@ -111,6 +116,7 @@ impl Config {
             fsync: true,
             partial_max_age: DEFAULT_PARTIAL_MAX_AGE,
             allow_get: false,
+            store: None,
         }
     }
 }

@@ -28,6 +28,7 @@ use clap::Parser;
     up-srv --tls-port 9999                  TLS on 9999 as well (self-signed, fingerprint logged)\n  \
     up-srv -b 0.0.0.0 --tls-port 9999 --no-plain --token-file /etc/up-srv/token\n  \
     up-srv --allow-get                      also serve `up-cli ls` and `up-cli get`\n  \
+    up-srv --store s3://bucket/up           finished files into S3 (endpoint and keys: AWS_* variables)\n  \
     RUST_LOG=debug up-srv                   verbose logs\n\n\
     Send files with `up-cli FILE...`; the original tutorial client works unmodified.\n\
     Exit codes: 0 clean shutdown (SIGINT/SIGTERM), 1 runtime error, 2 usage error."
@@ -80,6 +81,12 @@ struct Args {
     /// off by default, and with --token the token is required for them too
     #[arg(long)]
     allow_get: bool,
+    /// Put finished, verified files into S3-compatible object storage at
+    /// s3://BUCKET/PREFIX instead of --dir (which then holds only partials);
+    /// endpoint, region and keys come from AWS_ENDPOINT_URL, AWS_REGION,
+    /// AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
     /// Skip fsync of files and directories. UNSAFE: a crash or power loss may
     /// lose or tear files already reported stored; for benchmarks only
     #[arg(long)]
@@ -138,9 +145,20 @@ fn serve(args: Args) -> anyhow::Result<()> {
         fsync: !args.no_fsync,
         partial_max_age: args.partial_max_age,
         allow_get: args.allow_get,
+        store: None,
     };
     let (ip, port, tls) = (args.bind, args.port, args.tls);
+    let store_url = args.store;
     let result = runtime.block_on(async move {
+        let mut config = config;
+        if let Some(url) = store_url {
+            let store = up_srv::store::Store::connect(&url, Default::default()).await?;
+            tracing::info!(
+                "storing finished files in {url} ({:?})",
+                store.verification()
+            );
+            config.store = Some(store);
+        }
         let ports = tls.open_ports(
             ip,
             port,

@@ -33,6 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use futures_util::StreamExt as _;
 use proto::size::Readable;
 use proto::upload::{
     self, name, ClientMessage, Digest, Form, RefusalCode, ServerCodec, ServerMessage, LEGACY_NAME,
@@ -45,7 +46,8 @@ use tracing::{debug, info, warn};
 
 use crate::body::{self, Body, BodyEnd, Pace};
 use crate::shared::Shared;
-use crate::storage::{validate_name, Fetch, PartialUpload, StorageError};
+use crate::storage::{validate_name, Fetch, Listed, PartialUpload, StorageError};
+use crate::store::{Outcome, Store};
 use crate::{sendfile, Config};
 
 /// A legacy client that stops sending digits for this long has sent its whole
@@ -470,11 +472,18 @@ impl<S: Stream> Conn<S> {
     /// digest and lets it skip. `Ok(true)` when the client skipped.
     async fn already_stored(&mut self, name: &str, size: u64) -> Result<bool, Stop> {
         let n = name.to_string();
-        let digest = match self
-            .shared
-            .blocking(move |s| s.storage.stored_digest(&n, size))
-            .await
-        {
+        let found = match self.shared.config.store.clone() {
+            Some(store) => match store.stored(name).await {
+                Ok(record) => Ok(record.filter(|r| r.size == size).map(|r| r.sha256)),
+                Err(e) => Err(e.to_string()),
+            },
+            None => self
+                .shared
+                .blocking(move |s| s.storage.stored_digest(&n, size))
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        let digest = match found {
             Ok(Some(d)) => d,
             Ok(None) => return Ok(false),
             Err(e) => {
@@ -678,15 +687,9 @@ impl<S: Stream> Conn<S> {
                 .refuse_request(RefusalCode::DigestMismatch, reason)
                 .await;
         }
-        let n = name.to_string();
         let size = partial.len();
-        let stored = match self
-            .shared
-            .blocking(move |s| s.storage.finish(partial, &n, &actual))
-            .await
-        {
-            Ok(stored) => stored,
-            Err(e) => return Err(self.refuse_storage(name, &e).await),
+        let Some(stored) = self.keep(name, partial, actual).await? else {
+            return Ok(());
         };
         log_stored(
             self.peer,
@@ -701,6 +704,74 @@ impl<S: Stream> Conn<S> {
             sha256: actual,
         })
         .await
+    }
+
+    /// Stores a verified partial under `name` (or `name (n).ext`): renamed into
+    /// the upload dir, or put into the object store with `--store`. `Ok(None)`
+    /// after a refusal that keeps the connection.
+    async fn keep(
+        &mut self,
+        name: &str,
+        partial: PartialUpload,
+        digest: Digest,
+    ) -> Result<Option<String>, Stop> {
+        if let Some(store) = self.shared.config.store.clone() {
+            return self.put_into_store(&store, name, partial, digest).await;
+        }
+        let n = name.to_string();
+        match self
+            .shared
+            .blocking(move |s| s.storage.finish(partial, &n, &digest))
+            .await
+        {
+            Ok(stored) => Ok(Some(stored)),
+            Err(e) => Err(self.refuse_storage(name, &e).await),
+        }
+    }
+
+    /// `--store`: puts the partial into the object store and removes it once
+    /// the store holds the verified bytes. While the store is unavailable the
+    /// partial stays, complete, so the client's rerun finishes the put.
+    async fn put_into_store(
+        &mut self,
+        store: &Store,
+        name: &str,
+        mut partial: PartialUpload,
+        digest: Digest,
+    ) -> Result<Option<String>, Stop> {
+        let size = partial.len();
+        let file = match partial.append_handle() {
+            Ok(file) => file,
+            Err(e) => return Err(self.refuse_storage(name, &e).await),
+        };
+        let overwrite = self.shared.config.overwrite;
+        match store.put_file(file, name, digest, size, overwrite).await {
+            Ok(put) => {
+                if put.outcome == Outcome::AlreadyStored {
+                    info!(peer = %self.peer, "{name}: the same bytes are already in the store as {}", put.name);
+                }
+                self.discard_quietly(partial).await;
+                Ok(Some(put.name))
+            }
+            Err(e) if e.is_unavailable() => {
+                warn!(peer = %self.peer, "{name}: {e} (partial kept)");
+                let reason = format!(
+                    "{name}: the server's object store is unavailable; the data is kept on the server, run the same upload again to finish it"
+                );
+                self.refuse_request(RefusalCode::StoreUnavailable, reason)
+                    .await?;
+                Ok(None)
+            }
+            Err(e) => {
+                warn!(peer = %self.peer, "{name}: {e}");
+                self.refuse(
+                    RefusalCode::StorageError,
+                    format!("{name}: server storage error"),
+                )
+                .await;
+                Err(Stop::Failed(format!("{name}: {e}")))
+            }
+        }
     }
 
     /// Refuses `ls`/`get` on a server started without `--allow-get`.
@@ -719,10 +790,20 @@ impl<S: Stream> Conn<S> {
         if !self.refuse_unless_allowed().await? {
             return Ok(());
         }
-        let listed = self.shared.blocking(move |s| s.storage.list(&prefix)).await;
-        let listed = match listed {
-            Ok(l) => l,
-            Err(e) => return Err(self.refuse_storage("listing", &e).await),
+        let listed = match self.shared.config.store.clone() {
+            Some(store) => match store.list(&prefix).await {
+                Ok(l) => l.into_iter().map(Listed::from).collect(),
+                Err(e) => {
+                    warn!(peer = %self.peer, "listing: {e}");
+                    self.refuse(RefusalCode::StorageError, "listing: server storage error")
+                        .await;
+                    return Err(Stop::Failed(format!("listing: {e}")));
+                }
+            },
+            None => match self.shared.blocking(move |s| s.storage.list(&prefix)).await {
+                Ok(l) => l,
+                Err(e) => return Err(self.refuse_storage("listing", &e).await),
+            },
         };
         let mut out = BytesMut::with_capacity(LIST_BATCH);
         let count = listed.len() as u64;
@@ -756,6 +837,9 @@ impl<S: Stream> Conn<S> {
         if let Err(e) = validate_name(&name) {
             let reason = format!("{}: {e}", shown(&name));
             return self.refuse_request(RefusalCode::BadName, reason).await;
+        }
+        if let Some(store) = self.shared.config.store.clone() {
+            return self.get_from_store(&store, name).await;
         }
         let n = name.clone();
         let (file, size, sha256) = match self.shared.blocking(move |s| s.storage.fetch(&n)).await {
@@ -793,6 +877,66 @@ impl<S: Stream> Conn<S> {
             Err(sendfile::SendFileError::Cancelled) => Err(Stop::Cancelled),
             Err(e) => Err(Stop::Failed(format!("{name}: {e}"))),
         }
+    }
+
+    /// `get` with `--store`: the recorded size and digest, then the object
+    /// from the client's offset. The store hashes the whole object as it
+    /// streams; when it no longer matches its record the connection is closed
+    /// (the client's own check refuses the file too).
+    async fn get_from_store(&mut self, store: &Store, name: String) -> Result<(), Stop> {
+        let record = match store.stored(&name).await {
+            Ok(Some(record)) => record,
+            Ok(None) => {
+                let reason = format!("{name}: no such file on the server");
+                return self.refuse_request(RefusalCode::NotFound, reason).await;
+            }
+            Err(e) => {
+                warn!(peer = %self.peer, "{name}: {e}");
+                let reason =
+                    format!("{name}: the server's object store is unavailable; retry later");
+                return self
+                    .refuse_request(RefusalCode::StoreUnavailable, reason)
+                    .await;
+            }
+        };
+        let size = record.size;
+        self.send(ServerMessage::Sending {
+            size,
+            sha256: record.sha256,
+        })
+        .await?;
+        let offset = match self.read_within_request("after sending").await? {
+            ClientMessage::Start { offset } if offset <= size => offset,
+            ClientMessage::Start { offset } => {
+                let reason = format!("{name}: start offset {offset} is past the size {size}");
+                self.refuse(RefusalCode::BadOffset, reason.clone()).await;
+                return Err(Stop::Failed(reason));
+            }
+            other => return Err(self.unexpected("start", &other).await),
+        };
+        let mut download = match store.download(&name, offset).await {
+            Ok(d) if d.record == record => d,
+            Ok(_) => return Err(Stop::Failed(format!("{name}: replaced while being sent"))),
+            Err(e) => return Err(Stop::Failed(format!("{name}: {e}"))),
+        };
+        let idle = self.shared.config.idle_timeout;
+        loop {
+            let chunk = tokio::select! {
+                _ = self.shared.cancel.cancelled() => return Err(Stop::Cancelled),
+                c = tokio::time::timeout(idle, download.bytes.next()) => c,
+            };
+            match chunk {
+                Ok(Some(Ok(bytes))) => self.write(&bytes).await?,
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    warn!(peer = %self.peer, "{name}: {e}; get cut short");
+                    return Err(Stop::Failed(format!("{name}: {e}")));
+                }
+                Err(_) => return Err(Stop::Failed(format!("{name}: the store stalled"))),
+            }
+        }
+        info!(peer = %self.peer, "sent {name} from the store: {} from {offset}", Readable(size - offset));
+        Ok(())
     }
 
     async fn legacy(&mut self) -> Result<(), Stop> {
@@ -838,11 +982,24 @@ impl<S: Stream> Conn<S> {
             return Err(end.stop(reason));
         }
         let digest: Digest = received.hasher.finalize().into();
-        let stored = self
-            .shared
-            .blocking(move |s| s.storage.finish(partial, LEGACY_NAME, &digest))
-            .await
-            .map_err(|e| Stop::Failed(e.to_string()))?;
+        let stored = match self.shared.config.store.clone() {
+            Some(store) => {
+                let put = partial
+                    .append_handle()
+                    .map_err(|e| Stop::Failed(e.to_string()))?;
+                let put = store
+                    .put_file(put, LEGACY_NAME, digest, size, self.shared.config.overwrite)
+                    .await
+                    .map_err(|e| Stop::Failed(e.to_string()))?;
+                self.discard_quietly(partial).await;
+                put.name
+            }
+            None => self
+                .shared
+                .blocking(move |s| s.storage.finish(partial, LEGACY_NAME, &digest))
+                .await
+                .map_err(|e| Stop::Failed(e.to_string()))?,
+        };
         log_stored(self.peer, &stored, size, began.elapsed(), &digest, 0);
         self.drain_extra().await;
         Ok(())

@@ -56,6 +56,10 @@ pub struct FanoutArgs {
     /// Protocol of the server.
     #[arg(long, value_enum, default_value = "chat")]
     mode: Protocol,
+    /// Connect the members round-robin to these servers instead of `--addr` (the
+    /// nodes of a chat cluster).
+    #[arg(long, value_delimiter = ',')]
+    member_addrs: Vec<SocketAddr>,
     /// Members of the room besides the sender.
     #[arg(long, default_value_t = 1000)]
     members: usize,
@@ -83,7 +87,12 @@ pub async fn run(args: FanoutArgs) -> Result<String> {
     for id in 0..args.members {
         let (ready_tx, done_tx) = (ready_tx.clone(), done_tx.clone());
         let (received, connects) = (Arc::clone(&received), Arc::clone(&connects));
-        let (addr, members, mode) = (args.addr, args.members, args.mode);
+        let addr = args
+            .member_addrs
+            .get(id % args.member_addrs.len().max(1))
+            .copied()
+            .unwrap_or(args.addr);
+        let (members, mode) = (args.members, args.mode);
         tokio::spawn(async move {
             let setup = async {
                 let _permit = connects.acquire().await.context("connect gate closed")?;

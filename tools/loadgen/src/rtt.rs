@@ -38,6 +38,10 @@ pub struct RttArgs {
     /// Server address (loopback).
     #[arg(long)]
     addr: SocketAddr,
+    /// Connect the clients round-robin to these servers instead of `--addr` (the
+    /// nodes of a chat cluster).
+    #[arg(long, value_delimiter = ',')]
+    client_addrs: Vec<SocketAddr>,
     /// Protocol of the server.
     #[arg(long, value_enum)]
     mode: Protocol,
@@ -66,7 +70,12 @@ pub async fn run(args: RttArgs) -> Result<String> {
         let ready_tx = ready_tx.clone();
         let mut go_rx = go_rx.clone();
         let connects = Arc::clone(&connects);
-        let (addr, mode, count) = (args.addr, args.mode, args.count);
+        let addr = args
+            .client_addrs
+            .get(id % args.client_addrs.len().max(1))
+            .copied()
+            .unwrap_or(args.addr);
+        let (mode, count) = (args.mode, args.count);
         tasks.push(tokio::spawn(async move {
             let setup = async {
                 let _permit = connects.acquire().await.context("connect gate closed")?;

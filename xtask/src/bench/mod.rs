@@ -14,13 +14,16 @@
 //! - [`irc`]: ngircd, the chat fan-out peer, configured in a temporary directory.
 //! - [`chat`]: round trips, fan-out and idle connections through `loadgen`.
 //! - [`report`]: medians, targets and the markdown table.
+//! - [`cluster`]: the same chat cases across three `chat-srv --redis` nodes.
 //! - [`procfs`]: process memory and CPU time from `/proc`, machine facts.
 
 mod chat;
+mod cluster;
 mod irc;
 mod peers;
 mod procfs;
 mod report;
+mod s3;
 mod upload;
 
 use std::fmt::Write as _;
@@ -97,6 +100,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let tables = rows?;
         sections.push(report::table("Upload", &tables.upload));
         sections.push(report::table("Upload beside other tools", &tables.peers));
+        sections.push(report::table(
+            "Upload into S3-compatible storage",
+            &s3::run(&bin, &plan, &work)?,
+        ));
     }
     if wants(Group::Chat) {
         let plan = if args.quick {
@@ -119,6 +126,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
             }
         };
         sections.push(report::table("Chat", &chat::run(&bin, &plan)?));
+        sections.push(report::table(
+            "Chat cluster",
+            &cluster::run(&bin, &cluster::Plan::new(args.quick, runs))?,
+        ));
     }
 
     let doc = document(&args, runs, &bin, &sections, started.elapsed().as_secs());

@@ -13,12 +13,17 @@
 //!   files in one call and a `-r` directory), each stored file hashed against its
 //!   source; an upload cut with `--abort-after` and resumed; the original client's
 //!   legacy form (size text, `1001`, bytes);
+//! - cluster: three chat-srv nodes and a real redis-server (see [`cluster`]);
+//! - s3: three `up-srv --store` nodes sharing a bucket of a real S3-compatible server
+//!   (uploads, reruns, one name from two nodes, the store cut mid-put; see `s3.rs`);
 //! - shutdown: each server exits 0 within 2 s of SIGTERM;
 //! - tls: a chat exchange and an image upload over TLS with pinned
 //!   certificates, a wrong pin, `openssl s_client` (see `tls.rs`).
 //!
 //! Files live under `target/e2e/`: `uploads/` (fresh each run), `files/`, `images/` and
 //! the server logs `chat-srv.log` / `up-srv.log`, which failures point to.
+
+pub mod cluster;
 
 use std::fmt::Write as _;
 use std::fs;
@@ -36,6 +41,7 @@ use crate::service::{self, Bins, Service};
 use crate::verify::{self, StoredLine};
 
 mod chat;
+mod s3;
 mod upload;
 
 /// Options of `cargo xtask e2e`.
@@ -120,6 +126,9 @@ pub fn run(args: E2eArgs) -> Result<()> {
         ctx.ls_get_round_trip()
     });
     report.check("upload: standard input with --as", || ctx.upload_stdin());
+    cluster::checks(&ctx.bins, &work, &mut report);
+    let s3_sources: Vec<&Source> = ctx.fixtures.many.iter().collect();
+    s3::checks(&mut report, &ctx.bins, &work, &s3_sources);
     report.check("chat-srv: SIGTERM, exit 0 in 2 s", || stop(chat));
     report.check("up-srv: SIGTERM, exit 0 in 2 s", || stop(up));
     let image = ctx
