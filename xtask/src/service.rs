@@ -383,7 +383,8 @@ impl Bins {
     }
 }
 
-fn start_logged(name: &str, mut cmd: Command, addr: SocketAddr, log: &Path) -> Result<Service> {
+/// Starts `cmd` as `name` with its stderr going to `log`, ready once `addr` accepts.
+pub fn start_logged(name: &str, mut cmd: Command, addr: SocketAddr, log: &Path) -> Result<Service> {
     if let Some(dir) = log.parent() {
         fs::create_dir_all(dir)?;
     }

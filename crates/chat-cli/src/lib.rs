@@ -75,6 +75,8 @@ pub struct Options {
     pub reconnect: bool,
     /// How lines are shown.
     pub style: Style,
+    /// Connect with TLS, verified by this connector; `None` = plain TCP.
+    pub tls: Option<transport::Connector>,
 }
 
 /// Why the client stopped with a failure.
@@ -90,6 +92,9 @@ pub enum ClientError {
         /// What to try.
         hint: &'static str,
     },
+    /// The TLS handshake or the server's verification failed; nothing was sent.
+    #[error(transparent)]
+    Tls(#[from] transport::TlsError),
     /// The server refused the session (for example because it is full).
     #[error("server refused the connection: {0}")]
     Refused(String),
@@ -187,13 +192,21 @@ pub async fn run(opts: Options) -> Result<(), ClientError> {
     }
 }
 
-/// Opens the TCP stream (the TLS connector wraps this step).
-async fn connect(opts: &Options, addr: &str) -> Result<TcpStream, ClientError> {
-    let stream = TcpStream::connect((opts.host.as_str(), opts.port))
+/// Opens the stream: TCP, then TLS when `opts.tls` is set. Nothing is
+/// written before the server is verified: the connector returns only after
+/// the handshake and the certificate check.
+async fn connect(opts: &Options, addr: &str) -> Result<transport::Stream, ClientError> {
+    let tcp = TcpStream::connect((opts.host.as_str(), opts.port))
         .await
         .map_err(|e| connect_error(addr, &e))?;
-    let _ = stream.set_nodelay(true);
-    Ok(stream)
+    let _ = tcp.set_nodelay(true);
+    match &opts.tls {
+        Some(connector) => Ok(connector.connect(tcp, &opts.host, opts.port).await?),
+        None => {
+            let peer = tcp.peer_addr().map_err(|e| connect_error(addr, &e))?;
+            Ok(transport::Stream::plain(tcp, peer))
+        }
+    }
 }
 
 /// Frames `stream` and checks that the server greets with the welcome.

@@ -28,7 +28,9 @@ use clap::Parser;
     chat-cli -m hello                     send one message, print the reply\n  \
     printf 'hi\\n/who\\nq\\n' | chat-cli     run a script: each line waits for its answer\n  \
     chat-cli --reconnect --timestamps     stay on through server restarts, show times\n  \
-    chat-cli --host ::1 -p 9000           another server\n\n\
+    chat-cli --host ::1 -p 9000           another server\n  \
+    chat-cli -p 8889 --tls-pin AB:CD:...  TLS, accepting only the certificate chat-srv logged\n  \
+    chat-cli --host chat.example --tls    TLS, verified by the system's root certificates\n\n\
     Exit codes: 0 success (also after the server's shutdown goodbye), 1 failure (cannot \
     connect, not a chat server, connection lost, message refused), 2 usage error."
 )]
@@ -63,6 +65,8 @@ struct Args {
     /// Prefix shown lines with the local time.
     #[arg(long)]
     timestamps: bool,
+    #[command(flatten)]
+    tls: transport::ClientTls,
 }
 
 fn main() -> ExitCode {
@@ -72,7 +76,15 @@ fn main() -> ExitCode {
     }
     let colour = std::io::stdout().is_terminal()
         && std::env::var_os("NO_COLOR").map_or(true, |v| v.is_empty());
+    let tls = match args.tls.connector() {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let opts = chat_cli::Options {
+        tls,
         host: args.host,
         port: args.port,
         message: args.message,

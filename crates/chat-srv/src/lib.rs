@@ -8,7 +8,8 @@
 //! framed by [`proto::chat::ChatCodec`].
 //!
 //! # Layout
-//! - `server`: the accept loop, the connection limit and graceful shutdown.
+//! - `server`: the accept loop (on the shared `transport` crate: plain and
+//!   TLS ports, the connection limit) and graceful shutdown.
 //! - `shared`: the state every session shares (limits, registry, shutdown).
 //! - `session`: one connection, generic over its stream: reading, the pause
 //!   rule, rate and idle limits, the bounded outgoing queue.
@@ -26,7 +27,7 @@ mod shared;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub use server::run;
+pub use server::{hints, run, serve};
 
 /// Port `chat-srv` listens on unless told otherwise.
 pub const DEFAULT_PORT: u16 = proto::chat::DEFAULT_PORT;
@@ -96,17 +97,7 @@ impl Default for Config {
 /// Errors that stop the server before it serves.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    /// The listening socket could not be bound.
-    #[error("cannot bind {addr}: {reason}{hint}")]
-    Bind {
-        /// The address asked for.
-        addr: SocketAddr,
-        /// The operating system's reason, lower-case.
-        reason: String,
-        /// What to try instead.
-        hint: &'static str,
-    },
-    /// The listener's own address could not be read.
+    /// A listener's own address could not be read.
     #[error("cannot read the listening address: {0}")]
     LocalAddr(#[source] std::io::Error),
     /// The cluster could not be joined (`--redis`).
@@ -170,53 +161,8 @@ impl ServerHandle {
     }
 }
 
-/// Binds a listener on `addr`, with an error message that names the address
-/// and suggests the fix.
-pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServerError> {
-    listen(addr).map_err(|e| {
-        let hint = match e.kind() {
-            std::io::ErrorKind::AddrInUse => " (another chat-srv running? try --port)",
-            std::io::ErrorKind::PermissionDenied => {
-                " (ports below 1024 need privileges; try --port)"
-            }
-            std::io::ErrorKind::AddrNotAvailable => " (not an address of this machine; try --bind)",
-            _ => "",
-        };
-        ServerError::Bind {
-            addr,
-            reason: lower_reason(&e),
-            hint,
-        }
-    })
-}
-
-/// Accept-queue length asked of the kernel (which caps it at
-/// `net.core.somaxconn`): a burst of connects larger than the default 1,024
-/// would otherwise be dropped and retried by the clients' kernels a second later.
-pub const LISTEN_BACKLOG: u32 = 4096;
-
-fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    // Lets a restarted server bind while old connections sit in TIME_WAIT.
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
-}
-
-/// The OS error text without the "(os error N)" suffix, lower-cased first letter.
-fn lower_reason(e: &std::io::Error) -> String {
-    let text = e.to_string();
-    let text = match text.find(" (os error") {
-        Some(i) => text[..i].to_owned(),
-        None => text,
-    };
-    let mut chars = text.chars();
-    match chars.next() {
-        Some(first) => first.to_lowercase().chain(chars).collect(),
-        None => text,
-    }
+/// Where `chat-srv` keeps its self-signed TLS certificate without
+/// `--state-dir`: the user's data dir (`~/.local/share/chat-srv`).
+pub fn default_state_dir() -> std::path::PathBuf {
+    transport::flags::user_data_dir("chat-srv")
 }

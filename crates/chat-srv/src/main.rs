@@ -4,7 +4,7 @@
 //! Exit codes: 0 after a clean shutdown, 1 on a runtime error (such as an
 //! address that cannot be bound), 2 on a usage error (from clap).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -21,9 +21,12 @@ use clap::Parser;
     chat-srv                          listen on 127.0.0.1:8888\n  \
     chat-srv -b ::1 -p 9000           listen on IPv6 loopback, port 9000\n  \
     chat-srv -b 0.0.0.0 --rate 0      all interfaces, no rate limit\n  \
+    chat-srv --tls-port 8889          TLS on 8889 as well (self-signed, fingerprint logged)\n  \
+    chat-srv -b 0.0.0.0 --tls-port 8889 --no-plain   TLS only, all interfaces\n  \
     RUST_LOG=debug chat-srv           verbose logs\n  \
     chat-srv -p 8881 --redis redis://127.0.0.1:6379/0   one node of a cluster (docs/SCALING.md)\n\n\
-    Then connect with `chat-cli`, `nc 127.0.0.1 8888` or `telnet 127.0.0.1 8888`.\n\
+    Then connect with `chat-cli`, `nc 127.0.0.1 8888` or `telnet 127.0.0.1 8888`;\n\
+    over TLS with `chat-cli -p 8889 --tls-pin FINGERPRINT` or `openssl s_client -connect 127.0.0.1:8889`.\n\
     Exit codes: 0 clean shutdown (SIGINT/SIGTERM), 1 runtime error, 2 usage error."
 )]
 struct Args {
@@ -70,6 +73,8 @@ struct Args {
     /// to the kernel's network work, which is most of a chat server's cost.
     #[arg(long, value_name = "N", default_value_t = 0)]
     threads: usize,
+    #[command(flatten)]
+    tls: transport::ServerTls,
 }
 
 fn main() -> ExitCode {
@@ -77,14 +82,7 @@ fn main() -> ExitCode {
     if let Some(what) = args.generate {
         return cli_edge::emit(what, <Args as clap::CommandFactory>::command());
     }
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    transport::init_tracing();
     match serve(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -119,8 +117,12 @@ fn serve(args: Args) -> anyhow::Result<()> {
 
 async fn serve_on_runtime(args: Args) -> anyhow::Result<()> {
     raise_fd_limit(args.max_clients);
-    let addr = SocketAddr::new(args.bind, args.port);
-    let listener = chat_srv::bind(addr).await?;
+    let ports = args.tls.open_ports(
+        args.bind,
+        args.port,
+        chat_srv::default_state_dir,
+        &chat_srv::hints(),
+    )?;
     let config = chat_srv::Config {
         max_line: args.max_line,
         max_clients: args.max_clients,
@@ -134,22 +136,10 @@ async fn serve_on_runtime(args: Args) -> anyhow::Result<()> {
             ..chat_srv::cluster::ClusterConfig::new(url)
         }),
     };
-    let signals = shutdown_signal().context("installing the SIGINT/SIGTERM handlers")?;
-    chat_srv::run(listener, config, signals).await?;
+    let signals =
+        transport::signal::shutdown().context("installing the SIGINT/SIGTERM handlers")?;
+    chat_srv::serve(ports, config, signals).await?;
     Ok(())
-}
-
-/// Resolves on the first SIGINT or SIGTERM.
-fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut term = signal(SignalKind::terminate())?;
-    Ok(async move {
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
-    })
 }
 
 /// Each client is one file descriptor: raise the soft limit toward the hard

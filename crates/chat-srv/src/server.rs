@@ -1,24 +1,25 @@
-//! The accept loop: connection limit, per-connection tasks and graceful
+//! The accept loop, on the shared scaffolding of the `transport` crate:
+//! connection limit with a refusal line, TLS and plain ports, graceful
 //! shutdown.
 //!
-//! [`run`] takes a bound listener (so tests bind port 0) and a shutdown
-//! future. Each accepted connection becomes one task running
-//! `session::serve`; a semaphore caps them, and a connection beyond the cap
-//! gets a refusal line and is closed instead of waiting unseen. Accept errors
-//! (such as running out of file descriptors) are logged and backed off, never
-//! fatal. On shutdown a `CancellationToken` tells every session to send its
-//! notice and close, and a `TaskTracker` waits for them under a deadline.
+//! [`run`] takes one bound plain listener (so tests bind port 0); [`serve`]
+//! takes the ports `main` opened (plain, TLS or both). Each accepted
+//! connection becomes one task running `session::serve` on a
+//! [`transport::Stream`], the same code for plain and TLS; a connection
+//! beyond `--max-clients` gets a refusal line and is closed instead of
+//! waiting unseen. Accept errors are backed off, never fatal. On shutdown a
+//! `CancellationToken` tells every session to send its notice and close, and
+//! a `TaskTracker` waits for them under a deadline.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use proto::chat::{server_full_text, ServerLine};
+use proto::chat::{server_full_text, ServerLine, TLS_ON_PLAIN_ERROR};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::cluster::{self, Cluster};
 use crate::shared::Shared;
@@ -28,25 +29,54 @@ use crate::{Config, ServerError};
 /// promise is an exit within 2 s.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 
+/// What the chat server tells clients on the wrong kind of port.
+pub fn hints() -> transport::Hints {
+    transport::Hints {
+        program: "chat-srv",
+        carries: "chat lines",
+        tls_client_on_plain_port: ServerLine::Error(TLS_ON_PLAIN_ERROR).to_bytes().to_vec(),
+        plain_client_on_tls_port: ServerLine::Error(
+            "this port speaks TLS: connect with chat-cli --tls, or openssl s_client -connect HOST:PORT",
+        )
+        .to_bytes()
+        .to_vec(),
+    }
+}
+
 /// How long leaving the cluster may take at shutdown.
 const CLUSTER_CLOSE: Duration = Duration::from_millis(400);
 
-/// Longest pause between accept attempts after repeated accept errors.
-const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
-
-/// Serves chat clients on `listener` until `shutdown` completes, then tells
-/// every client, closes the connections and returns.
+/// Serves chat clients on the plain `listener` until `shutdown` completes,
+/// then tells every client, closes the connections and returns.
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future,
 ) -> Result<(), ServerError> {
-    let addr = listener.local_addr().map_err(ServerError::LocalAddr)?;
+    let port = transport::Port::plain(listener, hints().tls_client_on_plain_port);
+    serve(vec![port], config, shutdown).await
+}
+
+/// Like [`run`], on every port in `ports` (plain and TLS), with one
+/// `--max-clients` cap across them.
+pub async fn serve(
+    ports: Vec<transport::Port>,
+    config: Config,
+    shutdown: impl Future,
+) -> Result<(), ServerError> {
+    let addrs = ports
+        .iter()
+        .map(|port| {
+            Ok((
+                port.local_addr().map_err(ServerError::LocalAddr)?,
+                port.is_tls(),
+            ))
+        })
+        .collect::<Result<Vec<_>, ServerError>>()?;
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let limit = Arc::new(Semaphore::new(
-        config.max_clients.min(Semaphore::MAX_PERMITS),
-    ));
+    let full = server_full_text(config.max_clients);
+    let gate = transport::Gate::new(config.max_clients, ServerLine::Error(&full).to_bytes());
     let cluster_config = config.cluster.clone();
     let node = cluster_config.as_ref().map(|_| cluster::new_node_id());
     // A cluster node's guests carry a tag of the node: `guest-3fa2-17`.
@@ -62,64 +92,33 @@ pub async fn run(
         let cluster = Cluster::start(cluster_config, node, bridge, cluster_stop.clone()).await?;
         let _ = shared.cluster.set(cluster);
     }
-    info!("listening on {addr}");
+    for (addr, tls) in addrs {
+        if tls {
+            info!("listening with TLS on {addr}");
+        } else {
+            info!("listening on {addr}");
+        }
+    }
 
+    let session_shared = shared.clone();
+    let handler = move |stream: transport::Stream| {
+        // Replies are written whole; Nagle's delay would only add latency.
+        let _ = stream.set_nodelay(true);
+        let peer = stream.peer();
+        crate::session::serve(stream, peer, session_shared.clone())
+    };
     tokio::select! {
-        () = accept_loop(&listener, &shared, &limit, &tracker) => {}
+        () = transport::serve(ports, gate, tracker.clone(), token.clone(), handler) => {}
         _ = shutdown => {}
     }
 
     info!(connections = tracker.len(), "shutting down");
-    drop(listener);
     token.cancel();
-    tracker.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
-        .await
-        .is_err()
-    {
-        warn!(
-            remaining = tracker.len(),
-            "sessions did not finish in time, dropping them"
-        );
-    }
+    transport::drain(&tracker, SHUTDOWN_GRACE).await;
     if let Some(cluster) = shared.cluster() {
         // Best effort within the exit promise: the others reap what is left.
         let _ = tokio::time::timeout(CLUSTER_CLOSE, cluster.close()).await;
     }
     cluster_stop.cancel();
     Ok(())
-}
-
-async fn accept_loop(
-    listener: &TcpListener,
-    shared: &Arc<Shared>,
-    limit: &Arc<Semaphore>,
-    tracker: &TaskTracker,
-) {
-    let mut backoff = Duration::from_millis(10);
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => {
-                backoff = Duration::from_millis(10);
-                accepted
-            }
-            Err(e) => {
-                warn!("accept failed: {e}; retrying in {backoff:?}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
-                continue;
-            }
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            // The socket is fresh, so its send buffer has room: this write
-            // does not block the accept loop.
-            let line = ServerLine::Error(&server_full_text(shared.config.max_clients)).to_bytes();
-            let _ = stream.try_write(&line);
-            info!(%peer, "refused: server full");
-            continue;
-        };
-        // Replies are written whole; Nagle's delay would only add latency.
-        let _ = stream.set_nodelay(true);
-        tracker.spawn(crate::session::serve(stream, peer, shared.clone(), permit));
-    }
 }

@@ -26,7 +26,7 @@ use proto::chat::{
     WRONG_PROTOCOL_ERROR,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Duration, Instant};
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
@@ -170,13 +170,10 @@ impl Session {
 }
 
 /// Serves one connection until it ends; never returns an error, since a
-/// failing client concerns nobody else. Holds `permit` for its lifetime.
-pub(crate) async fn serve<S>(
-    stream: S,
-    peer: SocketAddr,
-    shared: Arc<Shared>,
-    permit: OwnedSemaphorePermit,
-) where
+/// failing client concerns nobody else. The stream is plain TCP or TLS
+/// (`transport::Stream`); the accept loop holds the connection slot.
+pub(crate) async fn serve<S>(stream: S, peer: SocketAddr, shared: Arc<Shared>)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     info!(%peer, "connected");
@@ -220,7 +217,6 @@ pub(crate) async fn serve<S>(
     let local = end != End::Shutdown;
     crate::commands::notify_leave(&shared, &member.room, &remaining, &member.peer.nick, local);
     info!(%peer, nick = %member.peer.nick, reason = end.as_str(), "disconnected");
-    drop(permit);
 }
 
 /// One connection's stream, buffers and line state.
@@ -276,6 +272,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// write leaves the stream mid-line; see `mid_write`).
     async fn flush(&mut self) -> std::io::Result<()> {
         self.stream.write_all(&self.out).await?;
+        // A TLS stream may hold the end of a write back until flushed.
+        self.stream.flush().await?;
         self.out.clear();
         if self.out.capacity() > KEEP_CAPACITY {
             self.out = BytesMut::new();

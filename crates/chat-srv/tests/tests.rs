@@ -7,6 +7,7 @@
 //!   names, history, the pause rule, limits, shutdown).
 //! - `hostile`: slowloris, garbage floods, forged lines, load with churn.
 //! - `binary`: the real `chat-srv` executable (`--help`, exit codes, SIGTERM).
+//! - `tls`: chat over TLS (`--tls-port`, pins, CA files, wrong-port hints).
 
 // Test code: a failed unwrap is a failed test, which is what it should be.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -15,3 +16,4 @@ mod binary;
 mod common;
 mod hostile;
 mod server;
+mod tls;

@@ -45,8 +45,10 @@ const SHOWN_PEER_BYTES: usize = 60;
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
-/// Connects to the server, mapping failures to a line that names the address.
-pub async fn connect(opts: &Options) -> Result<TcpStream, ClientError> {
+/// Connects to the server (with TLS when `opts.tls` is set, verifying the
+/// server before anything is sent), mapping failures to a line that names
+/// the address.
+pub async fn connect(opts: &Options) -> Result<transport::Stream, ClientError> {
     let addr = opts.server.clone();
     let connecting = TcpStream::connect((addr.host.as_str(), addr.port));
     let stream = match tokio::time::timeout(REPLY_TIMEOUT, connecting).await {
@@ -60,7 +62,15 @@ pub async fn connect(opts: &Options) -> Result<TcpStream, ClientError> {
         Ok(Ok(s)) => s,
     };
     let _ = stream.set_nodelay(true);
-    Ok(stream)
+    match &opts.tls {
+        Some(connector) => Ok(connector.connect(stream, &addr.host, addr.port).await?),
+        None => {
+            let peer = stream
+                .peer_addr()
+                .map_err(|source| ClientError::Connect { addr, source })?;
+            Ok(transport::Stream::plain(stream, peer))
+        }
+    }
 }
 
 /// One open connection after a successful hello.
@@ -196,7 +206,12 @@ impl Connection {
     }
 
     pub(crate) async fn write(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
-        match tokio::time::timeout(REPLY_TIMEOUT, self.stream.write_all(bytes)).await {
+        // Flushed: a TLS stream may hold the end of a message until then.
+        let write = async {
+            self.stream.write_all(bytes).await?;
+            self.stream.flush().await
+        };
+        match tokio::time::timeout(REPLY_TIMEOUT, write).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(self.io_broken(&e)),
             Err(_) => Err(self.broken(std::io::ErrorKind::TimedOut, "timed out writing")),

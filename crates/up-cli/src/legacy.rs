@@ -33,6 +33,7 @@ pub async fn upload(
         .write_all(job.size.to_string().as_bytes())
         .await
         .map_err(io_broken)?;
+    stream.flush().await.map_err(io_broken)?;
     // The original server answers with anything once it has the size.
     let mut reply = [0u8; 256];
     match tokio::time::timeout(REPLY_TIMEOUT, stream.read(&mut reply)).await {

@@ -47,6 +47,8 @@ pub struct Options {
     pub abort_after: Option<u64>,
     /// Digest uploads are verified with (`--hash`); SHA-256 by default.
     pub hash: proto::digest::Algorithm,
+    /// Connect with TLS, verified by this connector; `None` = plain TCP.
+    pub tls: Option<transport::Connector>,
 }
 
 /// What happened to one file.
@@ -118,6 +120,9 @@ pub enum ClientError {
         /// The first bytes it sent, quoted and escaped.
         sent: String,
     },
+    /// The TLS handshake or the server's verification failed; nothing was sent.
+    #[error(transparent)]
+    Tls(#[from] transport::TlsError),
     /// The connection failed mid-exchange.
     #[error("connection to {addr} failed: {reason}")]
     Connection {

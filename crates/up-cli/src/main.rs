@@ -65,8 +65,19 @@ struct ServerArgs {
     #[arg(short, long, global = true)]
     port: Option<u16>,
     /// Shared token required by the server
-    #[arg(long, global = true, env = "UP_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "UP_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
     token: Option<String>,
+    /// Read the token from the first line of this file, so it stays out of the process list
+    #[arg(long, global = true, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    #[command(flatten)]
+    tls: transport::ClientTls,
     /// No progress, notices or summary; errors still print
     #[arg(short, long, global = true)]
     quiet: bool,
@@ -151,9 +162,27 @@ fn main() -> ExitCode {
         Ok(t) => t,
         Err(e) => return usage(&e),
     };
+    let token = match &cli.server.token_file {
+        Some(path) => match transport::secret::read_token_file(path) {
+            Ok(token) => Some(token),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        },
+        None => cli.server.token.clone().filter(|t| !t.is_empty()),
+    };
+    let tls = match cli.server.tls.connector() {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let opts = Options {
         server: target,
-        token: cli.server.token.clone().filter(|t| !t.is_empty()),
+        tls,
+        token,
         limit_rate: cli.upload.limit_rate,
         abort_after: cli.upload.abort_after,
         hash: cli.upload.hash,

@@ -70,6 +70,9 @@ pub struct Config {
     pub max_size: u64,
     /// Concurrent uploads; more are refused with a code, never queued silently.
     pub max_uploads: usize,
+    /// Connections held at once (plain and TLS together); more are sent a
+    /// refusal frame and closed, so idle sockets cannot exhaust descriptors.
+    pub max_connections: usize,
     /// A connection that sends nothing for this long is closed (partials kept).
     pub idle_timeout: Duration,
     /// Deadline for one control frame, from its first byte to its last; the
@@ -80,7 +83,9 @@ pub struct Config {
     pub min_rate: u64,
     /// Length of the `min_rate` window; [`MIN_RATE_WINDOW`] outside tests.
     pub min_rate_window: Duration,
-    /// Shared token every binary client must present; `None` = open server.
+    /// Shared token every binary client must present (from `--token`,
+    /// `--token-file` or `UP_TOKEN`); `None` = open server. Compared in
+    /// constant time.
     pub token: Option<String>,
     /// fsync data and directories; off only for benchmarks (a crash may lose
     /// or tear files that were reported stored).
@@ -102,6 +107,7 @@ impl Config {
             overwrite: false,
             max_size: DEFAULT_MAX_SIZE,
             max_uploads: DEFAULT_MAX_UPLOADS,
+            max_connections: server::MAX_CONNECTIONS,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             min_rate: DEFAULT_MIN_RATE,
@@ -139,6 +145,28 @@ pub async fn run(
     server::run(listener, config, shutdown).await
 }
 
+/// Like [`run`], on every port in `ports` (plain and TLS), with one
+/// connection cap across them.
+pub async fn serve(
+    ports: Vec<transport::Port>,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let prepared = server::prepare(config).await?;
+    server::serve(ports, prepared, shutdown).await
+}
+
+/// Where `up-srv` keeps its self-signed TLS certificate without
+/// `--state-dir`: a `.tls` folder beside the upload dir (not inside it, so
+/// the key is never served or listed with the uploads).
+pub fn default_state_dir(upload_dir: &std::path::Path) -> PathBuf {
+    let parent = upload_dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| std::path::Path::new("."));
+    parent.join(".tls")
+}
+
 /// A server running on its own task, for tests, benchmarks and the clients'
 /// tests: stop it with [`Handle::stop`] (or drop it to cancel without waiting).
 #[derive(Debug)]
@@ -171,7 +199,8 @@ pub async fn spawn(listener: TcpListener, config: Config) -> Result<Handle, Serv
     let token = shutdown.clone();
     let prepared = server::prepare(config).await?;
     let task = tokio::spawn(async move {
-        server::serve(listener, prepared, async move { token.cancelled().await }).await
+        let port = transport::Port::plain(listener, server::hints().tls_client_on_plain_port);
+        server::serve(vec![port], prepared, async move { token.cancelled().await }).await
     });
     Ok(Handle {
         addr,

@@ -4,15 +4,13 @@
 //! Exit codes: 0 after a clean shutdown, 1 on a runtime error (one line naming
 //! the address or path, with a hint), 2 on a usage error.
 
-use std::io::IsTerminal;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use tokio::net::TcpListener;
 
 /// Verified, resumable, atomic file-upload server.
 ///
@@ -27,6 +25,8 @@ use tokio::net::TcpListener;
     up-srv                                  listen on 127.0.0.1:9998, store into ./uploads\n  \
     up-srv -d /srv/uploads --token s3cret   require a shared token (or set UP_TOKEN)\n  \
     up-srv -b ::1 -p 9000 --max-size 2G     IPv6 loopback, files up to 2 GiB\n  \
+    up-srv --tls-port 9999                  TLS on 9999 as well (self-signed, fingerprint logged)\n  \
+    up-srv -b 0.0.0.0 --tls-port 9999 --no-plain --token-file /etc/up-srv/token\n  \
     up-srv --allow-get                      also serve `up-cli ls` and `up-cli get`\n  \
     up-srv --store s3://bucket/up           finished files into S3 (endpoint and keys: AWS_* variables)\n  \
     RUST_LOG=debug up-srv                   verbose logs\n\n\
@@ -56,6 +56,9 @@ struct Args {
     /// Concurrent uploads; more are refused with a "too many uploads" code
     #[arg(long, value_name = "COUNT", default_value_t = up_srv::DEFAULT_MAX_UPLOADS as u32, value_parser = clap::value_parser!(u32).range(1..))]
     max_uploads: u32,
+    /// Connections held at once (plain and TLS together); more get a "server full" refusal
+    #[arg(long, value_name = "N", default_value_t = up_srv::server::MAX_CONNECTIONS as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
     /// Close connections that send nothing for this long (e.g. 30s, 5m); partials are kept
     #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = parse_duration)]
     idle_timeout: Duration,
@@ -68,8 +71,16 @@ struct Args {
     #[arg(long, value_name = "SIZE", default_value = "1K", value_parser = parse_size)]
     min_rate: u64,
     /// Shared token binary clients must present; legacy-form clients, which cannot send one, are then refused
-    #[arg(long, env = "UP_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "UP_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
     token: Option<String>,
+    /// Read the token from the first line of this file, so it stays out of the process list
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
     /// Serve `up-cli ls` and `up-cli get` (listing and downloading stored files);
     /// off by default, and with --token the token is required for them too
     #[arg(long)]
@@ -87,6 +98,8 @@ struct Args {
     /// Remove partial uploads untouched for longer than this at start (e.g. 7d, 12h)
     #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = up_srv::duration::parse_duration)]
     partial_max_age: Duration,
+    #[command(flatten)]
+    tls: transport::ServerTls,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -106,15 +119,7 @@ fn main() -> ExitCode {
     if let Some(what) = args.generate {
         return cli_edge::emit(what, <Args as clap::CommandFactory>::command());
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+    transport::init_tracing();
     match serve(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -131,22 +136,27 @@ fn serve(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let token = match &args.token_file {
+        Some(path) => Some(transport::secret::read_token_file(path)?),
+        None => args.token.filter(|t| !t.is_empty()),
+    };
     let config = up_srv::Config {
         dir: args.dir,
         overwrite: args.overwrite,
         max_size: args.max_size,
         max_uploads: args.max_uploads as usize,
+        max_connections: args.max_connections as usize,
         idle_timeout: args.idle_timeout,
         header_timeout: args.header_timeout,
         min_rate: args.min_rate,
         min_rate_window: up_srv::MIN_RATE_WINDOW,
-        token: args.token.filter(|t| !t.is_empty()),
+        token,
         fsync: !args.no_fsync,
         partial_max_age: args.partial_max_age,
         allow_get: args.allow_get,
         store: None,
     };
-    let addr = SocketAddr::new(args.bind, args.port);
+    let (ip, port, tls) = (args.bind, args.port, args.tls);
     let store_url = args.store;
     let result = runtime.block_on(async move {
         let mut config = config;
@@ -158,49 +168,21 @@ fn serve(args: Args) -> anyhow::Result<()> {
             );
             config.store = Some(store);
         }
-        let listener = TcpListener::bind(addr).await.map_err(|e| {
-            let hint = match e.kind() {
-                std::io::ErrorKind::AddrInUse => " (another up-srv running? try --port)",
-                std::io::ErrorKind::AddrNotAvailable => {
-                    " (is that address on this host? try --bind 127.0.0.1)"
-                }
-                std::io::ErrorKind::PermissionDenied => {
-                    " (ports below 1024 need privileges; try --port)"
-                }
-                _ => "",
-            };
-            anyhow::anyhow!("cannot bind {addr}: {e}{hint}")
-        })?;
-        up_srv::run(listener, config, shutdown_signal()).await?;
+        let ports = tls.open_ports(
+            ip,
+            port,
+            || up_srv::default_state_dir(&config.dir),
+            &up_srv::server::hints(),
+        )?;
+        let signals =
+            transport::signal::shutdown().context("installing the SIGINT/SIGTERM handlers")?;
+        up_srv::serve(ports, config, signals).await?;
         anyhow::Ok(())
     });
     // Blocking writer threads stop on their own once sessions end; do not
     // let a stuck disk hold the process past the shutdown promise.
     runtime.shutdown_timeout(Duration::from_millis(300));
     result
-}
-
-/// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
 }
 
 #[cfg(test)]

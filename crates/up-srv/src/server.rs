@@ -1,38 +1,67 @@
 //! Accept loop, connection limit and graceful shutdown; the state sessions
 //! share is in `shared.rs`.
 //!
-//! One task per connection, tracked by a `TaskTracker`; a `CancellationToken`
-//! tells sessions to stop at their next read point, which leaves in-flight
-//! uploads as resumable partials. Accept errors are logged and backed off,
-//! never fatal. Concurrent uploads are capped by a semaphore that sessions
-//! try (never wait) to acquire, so the excess is refused with a code.
+//! The accept loop is the shared one of the `transport` crate: plain and TLS
+//! ports, one task per connection tracked by a `TaskTracker`, accept errors
+//! backed off (never fatal), and `--max-connections` with a refusal frame
+//! for the excess. A `CancellationToken` tells sessions to stop at their
+//! next read point, which leaves in-flight uploads as resumable partials.
+//! Concurrent uploads are capped by a semaphore that sessions try (never
+//! wait) to acquire, so the excess is refused with a code.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
+use proto::upload::{RefusalCode, ServerMessage};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::shared::Shared;
 use crate::storage::Storage;
 use crate::{session, Config, ServerError};
 
-/// Connections held at once; beyond this, new connections are closed at once
-/// so idle sockets cannot exhaust file descriptors.
+/// Default `--max-connections`: connections held at once; beyond this, new
+/// connections are sent a refusal and closed, so idle sockets cannot
+/// exhaust file descriptors.
 pub const MAX_CONNECTIONS: usize = 1024;
 
 /// How long shutdown waits for sessions to stop before returning anyway.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 
-/// Pause after a failed accept (e.g. out of file descriptors).
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
 fn is_loopback(addr: &SocketAddr) -> bool {
     addr.ip().is_loopback()
+}
+
+/// A refusal frame, in the clear framing a plain client reads.
+fn refusal(code: RefusalCode, reason: &str) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    // Encoding a refusal cannot fail: long reasons are truncated.
+    let _ = ServerMessage::Refuse {
+        code,
+        reason: reason.to_owned(),
+    }
+    .encode_into(&mut out);
+    out.to_vec()
+}
+
+/// What the upload server tells clients on the wrong kind of port.
+pub fn hints() -> transport::Hints {
+    transport::Hints {
+        program: "up-srv",
+        carries: "files and the upload token",
+        tls_client_on_plain_port: refusal(
+            RefusalCode::BadMessage,
+            "this port is plain; TLS is on the port the server serves with --tls-port",
+        ),
+        plain_client_on_tls_port: refusal(
+            RefusalCode::BadMessage,
+            "this port speaks TLS: connect with up-cli --tls",
+        ),
+    }
 }
 
 pub(crate) async fn run(
@@ -41,7 +70,8 @@ pub(crate) async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let shared = prepare(config).await?;
-    serve(listener, shared, shutdown).await
+    let port = transport::Port::plain(listener, hints().tls_client_on_plain_port);
+    serve(vec![port], shared, shutdown).await
 }
 
 /// Opens the upload dir and cleans its partials (on the blocking pool: the
@@ -70,56 +100,50 @@ fn open_storage(config: Config) -> Result<Arc<Shared>, ServerError> {
     Ok(Arc::new(Shared::new(config, storage)))
 }
 
-/// Accepts connections until `shutdown`, then stops the sessions.
+/// Accepts connections on every port until `shutdown`, then stops the sessions.
 pub(crate) async fn serve(
-    listener: TcpListener,
+    ports: Vec<transport::Port>,
     shared: Arc<Shared>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let config = &shared.config;
-    let addr = listener.local_addr().map_err(ServerError::LocalAddr)?;
-    if !is_loopback(&addr) && config.token.is_none() {
-        warn!("listening on non-loopback address {addr} without a token: anyone who can reach it may upload (set --token or UP_TOKEN)");
+    for port in &ports {
+        let addr = port.local_addr().map_err(ServerError::LocalAddr)?;
+        if !is_loopback(&addr) && config.token.is_none() {
+            warn!("listening on non-loopback address {addr} without a token: anyone who can reach it may upload (set --token, --token-file or UP_TOKEN)");
+        }
+        let with = if port.is_tls() { "with TLS " } else { "" };
+        info!(
+            "listening {with}on {addr}, storing into {}",
+            config.dir.display()
+        );
     }
     if !config.fsync {
         warn!("--no-fsync: stored files may be lost or torn by a crash or power loss");
     }
-    info!("listening on {addr}, storing into {}", config.dir.display());
 
-    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let max = config.max_connections;
+    let gate = transport::Gate::new(
+        max,
+        refusal(
+            RefusalCode::TooManyUploads,
+            &format!("server full ({max} connections), try again later"),
+        ),
+    );
     let tracker = TaskTracker::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let Ok(permit) = connections.clone().try_acquire_owned() else {
-                        warn!(%peer, "refusing connection: {MAX_CONNECTIONS} connections open");
-                        continue;
-                    };
-                    let shared = shared.clone();
-                    let _ = stream.set_nodelay(true);
-                    tracker.spawn(async move {
-                        session::run(stream, peer, shared).await;
-                        drop(permit);
-                    });
-                }
-                Err(e) => {
-                    error!("accept failed: {e} (retrying)");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                }
-            },
-        }
+    let session_shared = shared.clone();
+    let handler = move |stream: transport::Stream| {
+        let shared = session_shared.clone();
+        let _ = stream.set_nodelay(true);
+        let peer = stream.peer();
+        session::run(stream, peer, shared)
+    };
+    tokio::select! {
+        () = transport::serve(ports, gate, tracker.clone(), shared.cancel.clone(), handler) => {}
+        () = shutdown => {}
     }
     info!("shutting down; in-flight uploads are kept as resumable partials");
     shared.cancel.cancel();
-    tracker.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
-        .await
-        .is_err()
-    {
-        warn!("some sessions did not stop within {SHUTDOWN_GRACE:?}");
-    }
+    transport::drain(&tracker, SHUTDOWN_GRACE).await;
     Ok(())
 }

@@ -261,12 +261,12 @@ impl<S: Stream> Conn<S> {
     }
 
     async fn write(&mut self, bytes: &[u8]) -> Result<(), Stop> {
-        match tokio::time::timeout(
-            self.shared.config.idle_timeout,
-            self.stream.write_all(bytes),
-        )
-        .await
-        {
+        // Flushed: a TLS stream may hold the end of a message until then.
+        let write = async {
+            self.stream.write_all(bytes).await?;
+            self.stream.flush().await
+        };
+        match tokio::time::timeout(self.shared.config.idle_timeout, write).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Stop::Failed(format!("write failed: {e}"))),
             Err(_) => Err(Stop::Idle),
@@ -289,7 +289,11 @@ impl<S: Stream> Conn<S> {
             .encode_into(&mut out)
             .is_ok()
         {
-            let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, self.stream.write_all(&out)).await;
+            let write = async {
+                self.stream.write_all(&out).await?;
+                self.stream.flush().await
+            };
+            let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, write).await;
         }
     }
 
@@ -1194,12 +1198,7 @@ fn shown(name: &str) -> String {
 
 /// Compares tokens without stopping at the first differing byte.
 fn token_matches(expected: &str, got: &str) -> bool {
-    let (a, b) = (expected.as_bytes(), got.as_bytes());
-    let mut diff = a.len() ^ b.len();
-    for (i, x) in a.iter().enumerate() {
-        diff |= usize::from(x ^ b.get(i).copied().unwrap_or(0));
-    }
-    diff == 0
+    transport::secret::tokens_match(expected, got)
 }
 
 #[cfg(test)]

@@ -12,4 +12,5 @@ mod drip;
 mod hostile;
 mod legacy;
 mod retrieval;
+mod tls;
 mod upload;

@@ -16,7 +16,9 @@
 //! - cluster: three chat-srv nodes and a real redis-server (see [`cluster`]);
 //! - s3: three `up-srv --store` nodes sharing a bucket of a real S3-compatible server
 //!   (uploads, reruns, one name from two nodes, the store cut mid-put; see `s3.rs`);
-//! - shutdown: each server exits 0 within 2 s of SIGTERM.
+//! - shutdown: each server exits 0 within 2 s of SIGTERM;
+//! - tls: a chat exchange and an image upload over TLS with pinned
+//!   certificates, a wrong pin, `openssl s_client` (see `tls.rs`).
 //!
 //! Files live under `target/e2e/`: `uploads/` (fresh each run), `files/`, `images/` and
 //! the server logs `chat-srv.log` / `up-srv.log`, which failures point to.
@@ -30,6 +32,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+
+mod tls;
 
 use crate::clients::{self, ChatClient, REPLY_SUFFIX, WELCOME};
 use crate::images::{self, ImageSpec};
@@ -127,6 +131,14 @@ pub fn run(args: E2eArgs) -> Result<()> {
     s3::checks(&mut report, &ctx.bins, &work, &s3_sources);
     report.check("chat-srv: SIGTERM, exit 0 in 2 s", || stop(chat));
     report.check("up-srv: SIGTERM, exit 0 in 2 s", || stop(up));
+    let image = ctx
+        .fixtures
+        .many
+        .iter()
+        .find(|s| s.file_name() == "panorama.jpg");
+    if let Some(image) = image {
+        tls::checks(&mut report, &ctx.bins, &work, image);
+    }
     report.print();
 
     let failed = report.failed();
