@@ -341,7 +341,9 @@ fn start_chat(bin: &Path) -> Result<Service> {
     Service::start("chat-srv", cmd, addr)
 }
 
-fn start_redis(path: &Path) -> Result<Service> {
+/// Starts redis-server on a free loopback port, persistence off (the cluster cases
+/// use it too).
+pub(super) fn start_redis(path: &Path) -> Result<Service> {
     let addr = procfs::free_addr()?;
     let mut cmd = procfs::with_raised_nofile(path);
     cmd.args([
@@ -364,7 +366,7 @@ fn start_redis(path: &Path) -> Result<Service> {
 }
 
 /// Runs `loadgen args..` (open-file limit raised) and returns its result line.
-fn loadgen(bin: &Path, args: &[&str]) -> Result<String> {
+pub(super) fn loadgen(bin: &Path, args: &[&str]) -> Result<String> {
     let mut cmd = procfs::with_raised_nofile(&bin.join("loadgen"));
     cmd.args(args)
         .stdin(Stdio::null())

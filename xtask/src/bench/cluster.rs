@@ -15,16 +15,12 @@
 
 use std::path::Path;
 use std::process::Stdio;
-use std::time::Duration;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{Context, Result};
 
 use super::procfs;
 use super::report::{Figure, Row, Target};
-use crate::service::{wait_with_timeout, Service};
-
-/// Longest any single `loadgen` call may take (each mode also bounds itself).
-const LOADGEN_TIMEOUT: Duration = Duration::from_secs(180);
+use crate::service::Service;
 
 /// Sizes and counts for the cluster cases.
 #[derive(Debug, Clone)]
@@ -70,7 +66,7 @@ struct Servers {
 impl Servers {
     fn start(bin: &Path) -> Result<Servers> {
         let redis_bin = crate::e2e::cluster::redis_server()?;
-        let redis = start_redis(&redis_bin)?;
+        let redis = super::chat::start_redis(&redis_bin)?;
         let url = format!("redis://{}/0", redis.addr);
         let mut nodes = Vec::new();
         for _ in 0..3 {
@@ -231,7 +227,7 @@ fn fanout(
     if !members_at.is_empty() {
         args.extend(["--member-addrs", members_at]);
     }
-    let line = loadgen(bin, &args)?;
+    let line = super::chat::loadgen(bin, &args)?;
     Ok((
         super::field(&line, "p50_us")? / 1000.0,
         super::field(&line, "p99_us")? / 1000.0,
@@ -262,7 +258,7 @@ fn round_trips(
     if !clients_at.is_empty() {
         args.extend(["--client-addrs", clients_at]);
     }
-    let line = loadgen(bin, &args)?;
+    let line = super::chat::loadgen(bin, &args)?;
     Ok((super::field(&line, "rate")?, super::field(&line, "p99_us")?))
 }
 
@@ -294,34 +290,4 @@ fn start_chat(bin: &Path, redis: Option<&str>) -> Result<Service> {
     }
     cmd.stdout(Stdio::null()).stderr(log);
     Service::start("chat-srv", cmd, addr)
-}
-
-fn start_redis(bin: &Path) -> Result<Service> {
-    let addr = procfs::free_addr()?;
-    let mut cmd = procfs::with_raised_nofile(bin);
-    cmd.args(["--port", &addr.port().to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    Service::start("redis-server", cmd, addr)
-}
-
-/// Runs `loadgen args..` (open-file limit raised) and returns its result line
-/// (as the chat cases do).
-fn loadgen(bin: &Path, args: &[&str]) -> Result<String> {
-    let mut cmd = procfs::with_raised_nofile(&bin.join("loadgen"));
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let child = cmd.spawn().context("starting loadgen")?;
-    let out = wait_with_timeout(child, LOADGEN_TIMEOUT)
-        .with_context(|| format!("loadgen {}", args.join(" ")))?;
-    ensure!(
-        out.status.success(),
-        "loadgen {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
