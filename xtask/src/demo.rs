@@ -207,9 +207,9 @@ fn upload_tour(bins: &Bins, addr: SocketAddr, work: &Path) -> Result<()> {
         addr.port(),
         photo.display()
     );
-    // up-cli draws bars only when stdout and stderr are both terminals. On a terminal
-    // both are inherited so the bar shows, and its `<sha256>  <name>` line is printed
-    // there; otherwise stdout is captured so the line can be compared here too.
+    // up-cli draws its bar when stderr is a terminal; stderr is always inherited. On a
+    // terminal stdout is inherited too, so the user sees the `<sha256>  <name>` line
+    // as up-cli prints it; otherwise stdout is captured so the line is compared here.
     let on_terminal = std::io::stdout().is_terminal();
     let mut cmd: Command = bins.up_cli(addr);
     cmd.arg("--limit-rate").arg(rate.to_string()).arg(&photo);
