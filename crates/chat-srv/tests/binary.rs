@@ -2,9 +2,6 @@
 //! the bind error and its exit code, SIGTERM → goodbye notice → exit 0, and
 //! what the debug log shows.
 
-// Test code: a failed unwrap is a failed test, which is what it should be.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};

@@ -6,9 +6,6 @@
 //! `SOAK=1` (set by `cargo xtask soak`) selects the full size of 2,000
 //! clients for 60 s with 50 churning clients. Waits are bounded.
 
-// Test code: a failed unwrap is a failed test, which is what it should be.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

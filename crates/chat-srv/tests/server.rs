@@ -2,9 +2,6 @@
 //! TCP sockets. Every wait is bounded (see `common::WAIT`); tests synchronise
 //! on lines arriving, never on sleeps.
 
-// Test code: a failed unwrap is a failed test, which is what it should be.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::time::{Duration, Instant};
 
 use crate::common::{start_server, start_with, Client, WAIT, WELCOME};

@@ -3,9 +3,6 @@
 //! plain/TLS mismatch hints, and the executable's `--tls-port`,
 //! `--no-plain` and kept self-signed certificate.
 
-// Test code: a failed unwrap is a failed test, which is what it should be.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;

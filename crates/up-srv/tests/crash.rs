@@ -8,9 +8,6 @@
 //! to resume by); every interrupted upload resumes to the right digest; and
 //! `--partial-max-age` removes partials older than the age.
 
-// Test code: a failed unwrap is a failed test, which is what it should be.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

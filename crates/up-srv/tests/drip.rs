@@ -4,9 +4,6 @@
 //! over each window. The dripping clients sleep between bytes (that is the
 //! attack); the assertions wait on the server's reply or close, bounded.
 
-// Test code: a failed unwrap is a failed test, which is what it should be.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::time::{Duration, Instant};
 
 use crate::common::{data, sha256, start_server_with, within, Client};

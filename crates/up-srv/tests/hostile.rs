@@ -7,9 +7,6 @@
 //! unverified ever appears under a final name, and the server keeps serving
 //! well-behaved clients. Waits are bounded by `crate::common::within`.
 
-// Test code: a failed unwrap is a failed test, which is what it should be.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;

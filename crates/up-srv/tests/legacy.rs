@@ -1,9 +1,6 @@
 //! The original tutorial client's exact exchange against the in-process server:
 //! size as decimal text, read the reply, stream the bytes, close.
 
-// Test code: a failed unwrap is a failed test, which is what it should be.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use crate::common::{data, start_server, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

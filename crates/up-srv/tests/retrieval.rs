@@ -2,9 +2,6 @@
 //! clients are served as before, and with `--allow-get` files are listed
 //! and fetched with their recorded digests.
 
-// Test code: a failed unwrap is a failed test, which is what it should be.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use bytes::BytesMut;
 use proto::upload::{ClientCodec, ClientMessage, RefusalCode, ServerMessage, MAGIC};
 use tokio::io::AsyncReadExt;

@@ -4,9 +4,6 @@
 //! `--token-file`. Uploads over TLS through the
 //! real client are tested in up-cli's `tests/tls.rs`.
 
-// Test code: a failed unwrap is a failed test, which is what it should be.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

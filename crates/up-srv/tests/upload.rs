@@ -1,9 +1,6 @@
 //! Binary-protocol integration tests: the server runs in-process on port 0
 //! with a temp upload dir and a bare client drives the wire.
 
-// Test code: a failed unwrap is a failed test, which is what it should be.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::time::Duration;
 
 use crate::common::{
