@@ -250,6 +250,8 @@ enum BodyHint {
     Size(u64),
     /// A `Start`: `size - offset` raw bytes follow.
     Offset(u64),
+    /// A `Put`: this many raw bytes follow.
+    Whole(u64),
 }
 
 /// Re-encodes a client message when its fields are within the encoder's
@@ -266,6 +268,9 @@ fn reencode_client(msg: &ClientMessage) -> (Option<BytesMut>, BodyHint) {
         // The bytes after a get's start flow from the server: none follow here.
         ClientMessage::Get { name } => (name.len() <= MAX_NAME_LEN, BodyHint::Size(0)),
         ClientMessage::Hash { algorithm } => (algorithm.len() <= MAX_NAME_LEN, BodyHint::None),
+        // A put's whole body follows its frame at once.
+        ClientMessage::Put { name, size } => (name.len() <= MAX_NAME_LEN, BodyHint::Whole(*size)),
+        ClientMessage::Check { name, .. } => (name.len() <= MAX_NAME_LEN, BodyHint::None),
     };
     (fits.then(|| encode(|out| msg.encode_into(out))), hint)
 }
@@ -281,7 +286,8 @@ fn reencode_server(msg: &ServerMessage) -> (Option<BytesMut>, BodyHint) {
         | ServerMessage::Accept { .. }
         | ServerMessage::Present { .. }
         | ServerMessage::ListEnd { .. }
-        | ServerMessage::Sending { .. } => true,
+        | ServerMessage::Sending { .. }
+        | ServerMessage::Missing => true,
     };
     (
         fits.then(|| encode(|out| msg.encode_into(out))),
@@ -344,6 +350,12 @@ where
                         BodyHint::Size(size) => offered = size,
                         BodyHint::Offset(offset) => {
                             body_left = offered.saturating_sub(offset);
+                            if body_left == 0 {
+                                events.push(Event::Body(0));
+                            }
+                        }
+                        BodyHint::Whole(size) => {
+                            body_left = size;
                             if body_left == 0 {
                                 events.push(Event::Body(0));
                             }

@@ -19,6 +19,9 @@
 //! list:     List -> Entry* ListEnd | Refuse                      (version 2)
 //! get:      Get -> Sending|Refuse ; Start ; <size - offset raw bytes>   (version 2)
 //! hash:     Hash{algorithm}   (no answer; digests of later offers)     (version 3)
+//! check:    Check{name, size} -> Present|Missing|Refuse                (version 4)
+//! put:      Put{name, size} ; <size raw bytes> ; Finish               (version 4)
+//!           -> Stored|Present|Refuse, in order; the client need not wait
 //! ```
 //!
 //! `Present` is sent only to version-2 clients; a version-1 client (an older
@@ -41,11 +44,21 @@ pub const MAGIC: [u8; 4] = [0x89, b'U', b'P', b'L'];
 
 /// Protocol version spoken by this crate: 2 adds `Present`/`Skip`/`Proceed`
 /// (already-stored files), `List` and `Get`; 3 adds `Hash`: a version-3
-/// server accepts every [`crate::digest::Algorithm`] (SHA-256 and BLAKE3).
-pub const VERSION: u16 = 3;
+/// server accepts every [`crate::digest::Algorithm`] (SHA-256 and BLAKE3);
+/// 4 adds `Put`, small files sent without waiting for an answer.
+pub const VERSION: u16 = 4;
 
 /// First version whose server accepts [`ClientMessage::Hash`] (BLAKE3).
 pub const HASH_VERSION: u16 = 3;
+
+/// First version whose server accepts [`ClientMessage::Put`].
+pub const PUT_VERSION: u16 = 4;
+
+/// Largest file a [`ClientMessage::Put`] may carry. A put's body follows
+/// its frame before the server has answered, so a refused put must still be
+/// read to its end: the cap bounds that waste, and the memory a server
+/// spends on the body it is receiving. Larger files are offered.
+pub const MAX_PUT_SIZE: u64 = 1024 * 1024;
 
 /// Oldest protocol version a server still serves (version-1 clients upload
 /// as before; they never see the version-2 messages).
@@ -387,6 +400,28 @@ pub enum ClientMessage {
         /// Wire name of the algorithm ([`crate::digest::Algorithm::name`]).
         algorithm: String,
     },
+    /// Version 4: a whole small file (at most [`MAX_PUT_SIZE`] bytes) sent
+    /// without waiting: exactly `size` raw bytes follow, then
+    /// [`ClientMessage::Finish`]. The client may send more puts before the
+    /// answers come; the server answers each, in order, with `Stored`,
+    /// `Present` (the name already holds these bytes: nothing stored) or
+    /// `Refuse`, and only once the file is durable.
+    Put {
+        /// Relative name, `/`-separated, UTF-8.
+        name: String,
+        /// Size of the file in bytes, at most [`MAX_PUT_SIZE`].
+        size: u64,
+    },
+    /// Version 4: asks whether `name` is stored with this size, without
+    /// starting an upload; answered with `Present` (and the digest) or
+    /// `Missing`. Many checks may be sent before the answers come, so a
+    /// rerun learns what it can skip in one round trip per window.
+    Check {
+        /// Relative name, `/`-separated, UTF-8.
+        name: String,
+        /// Size of the file in bytes.
+        size: u64,
+    },
 }
 
 /// Messages from the server to the client.
@@ -445,6 +480,8 @@ pub enum ServerMessage {
         /// Recorded SHA-256 of the whole file.
         sha256: Digest,
     },
+    /// Answer to `Check` (version 4): no file of that name and size is stored.
+    Missing,
     /// A refusal with a code and a human reason.
     Refuse {
         /// Machine-readable code.
@@ -463,6 +500,8 @@ const T_PROCEED: u8 = 0x06;
 const T_LIST: u8 = 0x07;
 const T_GET: u8 = 0x08;
 const T_HASH: u8 = 0x09;
+const T_PUT: u8 = 0x0a;
+const T_CHECK: u8 = 0x0b;
 const T_WELCOME: u8 = 0x81;
 const T_ACCEPT: u8 = 0x82;
 const T_STORED: u8 = 0x83;
@@ -471,6 +510,7 @@ const T_PRESENT: u8 = 0x85;
 const T_ENTRY: u8 = 0x86;
 const T_LIST_END: u8 = 0x87;
 const T_SENDING: u8 = 0x88;
+const T_MISSING: u8 = 0x89;
 
 /// Welcome flag (version 2): the server requires a token.
 const WELCOME_TOKEN_CHECKED: u8 = 0x01;
@@ -678,6 +718,20 @@ impl ClientMessage {
                 f.end()?;
                 ClientMessage::Hash { algorithm }
             }
+            T_PUT => {
+                let mut f = Fields::new("put", payload);
+                let size = f.u64()?;
+                let name = f.string("name")?;
+                f.end()?;
+                ClientMessage::Put { name, size }
+            }
+            T_CHECK => {
+                let mut f = Fields::new("check", payload);
+                let size = f.u64()?;
+                let name = f.string("name")?;
+                f.end()?;
+                ClientMessage::Check { name, size }
+            }
             other => return Err(UploadError::UnknownType(other)),
         };
         Ok(msg)
@@ -712,6 +766,14 @@ impl ClientMessage {
             }
             ClientMessage::Hash { algorithm } => encode_frame(dst, T_HASH, |d| {
                 put_string(d, "algorithm", algorithm, MAX_NAME_LEN)
+            }),
+            ClientMessage::Put { name, size } => encode_frame(dst, T_PUT, |d| {
+                d.put_u64(*size);
+                put_string(d, "name", name, MAX_NAME_LEN)
+            }),
+            ClientMessage::Check { name, size } => encode_frame(dst, T_CHECK, |d| {
+                d.put_u64(*size);
+                put_string(d, "name", name, MAX_NAME_LEN)
             }),
         }
     }
@@ -813,6 +875,10 @@ impl ServerMessage {
                 f.end()?;
                 ServerMessage::Sending { size, sha256 }
             }
+            T_MISSING => {
+                Fields::new("missing", payload).end()?;
+                ServerMessage::Missing
+            }
             other => return Err(UploadError::UnknownType(other)),
         };
         Ok(msg)
@@ -873,6 +939,7 @@ impl ServerMessage {
                 d.put_slice(sha256);
                 Ok(())
             }),
+            ServerMessage::Missing => encode_frame(dst, T_MISSING, |_| Ok(())),
             ServerMessage::Refuse { code, reason } => encode_frame(dst, T_REFUSE, |d| {
                 d.put_u16(code.to_u16());
                 put_string(
@@ -949,6 +1016,8 @@ impl ClientMessage {
             ClientMessage::List { .. } => "list",
             ClientMessage::Get { .. } => "get",
             ClientMessage::Hash { .. } => "hash",
+            ClientMessage::Put { .. } => "put",
+            ClientMessage::Check { .. } => "check",
         }
     }
 }
@@ -964,6 +1033,7 @@ impl ServerMessage {
             ServerMessage::Entry { .. } => "entry",
             ServerMessage::ListEnd { .. } => "list end",
             ServerMessage::Sending { .. } => "sending",
+            ServerMessage::Missing => "missing",
             ServerMessage::Refuse { .. } => "refuse",
         }
     }

@@ -28,6 +28,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
 
+use crate::pipeline;
 use crate::reader::{self, BodyReader};
 use crate::throttle::Throttle;
 use crate::{ClientError, FileJob, Options, Outcome, Reporter, Target, REPLY_TIMEOUT};
@@ -189,16 +190,23 @@ impl Connection {
         &self.addr
     }
 
+    /// The digest this connection's uploads are verified with.
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    /// The stream and the buffer of bytes read past the last message, for
+    /// a caller that reads and writes at once.
+    pub(crate) fn parts(&mut self) -> (&mut Box<dyn Stream>, &mut BytesMut) {
+        (&mut self.stream, &mut self.buf)
+    }
+
     pub(crate) fn broken(
         &self,
         kind: std::io::ErrorKind,
         reason: impl Into<String>,
     ) -> ClientError {
-        ClientError::Connection {
-            addr: self.addr.clone(),
-            kind,
-            reason: reason.into(),
-        }
+        broken(&self.addr, kind, reason)
     }
 
     fn io_broken(&self, e: &std::io::Error) -> ClientError {
@@ -226,34 +234,7 @@ impl Connection {
     }
 
     async fn recv_within(&mut self, limit: Duration) -> Result<ServerMessage, ClientError> {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            match ClientCodec.decode(&mut self.buf) {
-                Ok(Some(m)) => return Ok(m),
-                Ok(None) => {}
-                Err(e) => {
-                    return Err(
-                        self.broken(std::io::ErrorKind::InvalidData, format!("{BAD_REPLY}: {e}"))
-                    )
-                }
-            }
-            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
-                Err(_) => {
-                    return Err(self.broken(
-                        std::io::ErrorKind::TimedOut,
-                        "timed out waiting for the server",
-                    ))
-                }
-                Ok(Ok(0)) => {
-                    return Err(self.broken(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "server closed the connection",
-                    ))
-                }
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(self.io_broken(&e)),
-            }
-        }
+        recv_from(&mut self.stream, &mut self.buf, &self.addr, limit).await
     }
 
     pub(crate) async fn recv(&mut self) -> Result<ServerMessage, ClientError> {
@@ -283,6 +264,52 @@ impl Connection {
         match self.recv_within(REASON_TIMEOUT).await {
             Ok(ServerMessage::Refuse { code, reason }) => refusal(code, &reason),
             _ => fallback.to_string(),
+        }
+    }
+}
+
+/// A failure of the connection to `addr`.
+pub(crate) fn broken(
+    addr: &Target,
+    kind: std::io::ErrorKind,
+    reason: impl Into<String>,
+) -> ClientError {
+    ClientError::Connection {
+        addr: addr.clone(),
+        kind,
+        reason: reason.into(),
+    }
+}
+
+/// Reads the next server message from `stream` through `buf` (which keeps
+/// bytes past it), waiting at most `limit`.
+pub(crate) async fn recv_from<R: AsyncRead + Unpin + ?Sized>(
+    stream: &mut R,
+    buf: &mut BytesMut,
+    addr: &Target,
+    limit: Duration,
+) -> Result<ServerMessage, ClientError> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match ClientCodec.decode(buf) {
+            Ok(Some(m)) => return Ok(m),
+            Ok(None) => {}
+            Err(e) => {
+                let reason = format!("{BAD_REPLY}: {e}");
+                return Err(broken(addr, std::io::ErrorKind::InvalidData, reason));
+            }
+        }
+        match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
+            Err(_) => {
+                let reason = "timed out waiting for the server";
+                return Err(broken(addr, std::io::ErrorKind::TimedOut, reason));
+            }
+            Ok(Ok(0)) => {
+                let reason = "server closed the connection";
+                return Err(broken(addr, std::io::ErrorKind::UnexpectedEof, reason));
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(broken(addr, e.kind(), crate::plain(&e))),
         }
     }
 }
@@ -350,13 +377,17 @@ async fn open_with_hash(opts: &Options) -> Result<Connection, ClientError> {
 }
 
 /// Uploads `jobs` in order over as few connections as possible (a broken
-/// connection is reopened for the next file), reporting each outcome.
+/// connection is reopened for the next file), reporting each outcome. Runs
+/// of small files go as pipelined puts ([`pipeline`]) when the server
+/// speaks version 4; other files are offered one at a time.
 pub async fn upload_all(opts: &Options, jobs: &[FileJob], reporter: &mut dyn Reporter) -> Report {
     let mut outcomes = Vec::with_capacity(jobs.len());
     let mut conn: Option<Connection> = None;
     let mut sent_total = 0u64;
     let mut warned = false;
-    for job in jobs {
+    let mut next = 0;
+    let mut stalls = 0;
+    while let Some(job) = jobs.get(next) {
         let c = match conn.take() {
             Some(c) => conn.insert(c),
             None => match open_with_hash(opts).await {
@@ -374,6 +405,41 @@ pub async fn upload_all(opts: &Options, jobs: &[FileJob], reporter: &mut dyn Rep
                 }
             },
         };
+        if pipeline::fits(c, job) {
+            let run = jobs[next..]
+                .iter()
+                .take_while(|j| pipeline::fits(c, j))
+                .count();
+            let done =
+                pipeline::put_all(c, opts, &jobs[next..next + run], reporter, &mut sent_total)
+                    .await;
+            if !done.keep_connection {
+                conn = None;
+            }
+            if done.outcomes.is_empty() && done.aborted.is_none() {
+                // Nothing moved: reopen the connection once, never loop on it.
+                stalls += 1;
+                if stalls > 1 {
+                    let e = std::io::Error::other("the connection failed before any file moved");
+                    let lost = done.lost.unwrap_or_else(|| ClientError::read(&job.path, e));
+                    return Report {
+                        outcomes,
+                        fatal: Some(lost),
+                    };
+                }
+                continue;
+            }
+            stalls = 0;
+            next += done.outcomes.len();
+            outcomes.extend(done.outcomes);
+            if let Some(e) = done.aborted {
+                return Report {
+                    outcomes,
+                    fatal: Some(e),
+                };
+            }
+            continue;
+        }
         let result = match upload_one(c, opts, job, reporter, &mut sent_total).await {
             Ok(r) => r,
             Err(e) => {
@@ -388,6 +454,7 @@ pub async fn upload_all(opts: &Options, jobs: &[FileJob], reporter: &mut dyn Rep
         }
         reporter.finished(job.size, &result.outcome);
         outcomes.push(result.outcome);
+        next += 1;
     }
     Report {
         outcomes,

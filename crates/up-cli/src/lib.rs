@@ -9,6 +9,7 @@
 //! - [`client`]: the binary protocol's connection and the upload of many files.
 //! - [`download`]: `ls` and `get` (verified, resumable downloads).
 //! - [`legacy`]: the original tutorial's protocol, for its Python server.
+//! - [`pipeline`]: small files as puts, sent without waiting for answers.
 //! - [`reader`]: reads and hashes a file on a blocking thread into recycled buffers.
 //! - [`throttle`]: the `--limit-rate` token bucket.
 //! - [`progress`]: indicatif bars, one line per problem and the summary.
@@ -20,6 +21,7 @@ pub mod client;
 pub mod download;
 pub mod jobs;
 pub mod legacy;
+pub mod pipeline;
 pub mod progress;
 pub mod reader;
 pub mod target;

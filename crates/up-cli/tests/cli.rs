@@ -304,10 +304,11 @@ fn issue_10_rerun_of_an_interrupted_recursive_upload_leaves_one_copy_each() {
     let src = tempfile::tempdir().expect("tempdir");
     let dir = src.path().join("d");
     std::fs::create_dir(&dir).expect("mkdir");
+    // Above MAX_PUT_SIZE, so each file is offered and resumable.
     for (i, name) in ["f1.bin", "f2.bin", "f3.bin"].iter().enumerate() {
-        std::fs::write(dir.join(name), data(1 << 20, i as u8)).expect("write");
+        std::fs::write(dir.join(name), data(2 << 20, i as u8)).expect("write");
     }
-    let half = (3 << 19).to_string();
+    let half = (3 << 20).to_string();
     let run = up_cli(
         src.path(),
         &["-r", "-p", &port(&server), "--abort-after", &half, "d"],
@@ -323,7 +324,7 @@ fn issue_10_rerun_of_an_interrupted_recursive_upload_leaves_one_copy_each() {
         run.stderr
     );
     assert!(
-        run.stderr.contains("resuming d/f2.bin at 512.0 KiB"),
+        run.stderr.contains("resuming d/f2.bin at 1.0 MiB"),
         "{}",
         run.stderr
     );
@@ -350,6 +351,73 @@ fn issue_10_rerun_of_an_interrupted_recursive_upload_leaves_one_copy_each() {
         stored_files(&server.dir),
         ["d/f1.bin", "d/f2.bin", "d/f3.bin"]
     );
+}
+
+#[test]
+fn issue_11_small_files_go_without_round_trips_and_an_interrupted_run_reruns_to_one_copy_each() {
+    let server = start_server();
+    let src = tempfile::tempdir().expect("tempdir");
+    let dir = src.path().join("many");
+    std::fs::create_dir_all(dir.join("sub")).expect("mkdir");
+    let mut names = Vec::new();
+    for i in 0..60u8 {
+        let name = if i % 3 == 0 {
+            format!("sub/{i:02}.bin")
+        } else {
+            format!("{i:02}.bin")
+        };
+        std::fs::write(dir.join(&name), data(20_000 + usize::from(i), i)).expect("write");
+        names.push(format!("many/{name}"));
+    }
+    names.sort();
+    // Cut the run off in the middle of the puts: whatever the server had
+    // whole is stored, the rest is not, and nothing is half there.
+    let run = up_cli(
+        src.path(),
+        &[
+            "-r",
+            "-p",
+            &port(&server),
+            "--abort-after",
+            "500000",
+            "many",
+        ],
+        &[],
+    );
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("--abort-after"), "{}", run.stderr);
+
+    let run = up_cli(src.path(), &["-r", "-p", &port(&server), "many"], &[]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(run.stdout.lines().count(), 60, "{}", run.stdout);
+    assert_eq!(stored_files(&server.dir), names);
+    for line in run.stdout.lines() {
+        let (digest, name) = line.split_once("  ").expect("sha256sum line");
+        let bytes = std::fs::read(server.dir.join(name)).expect("stored file");
+        assert_eq!(digest, sha256_hex(&bytes), "{name}");
+    }
+
+    // A rerun sends no file byte: the checks find every file.
+    let run = up_cli(src.path(), &["-r", "-p", &port(&server), "many"], &[]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("0 files stored, 60 already stored: 0 B sent"),
+        "{}",
+        run.stderr
+    );
+    // A changed file of the same size is stored as a new copy, said so.
+    std::fs::write(dir.join("01.bin"), data(20_001, 99)).expect("write");
+    let run = up_cli(src.path(), &["-r", "-p", &port(&server), "many"], &[]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("many/01.bin: the server holds different content"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stdout.contains("  many/01 (1).bin"), "{}", run.stdout);
+    assert_eq!(stored_files(&server.dir).len(), 61);
 }
 
 #[test]
@@ -785,16 +853,16 @@ fn old_server(
 fn issue_10_a_new_up_cli_falls_back_to_version_1_for_an_older_up_srv() {
     let src = tempfile::tempdir().expect("tempdir");
     std::fs::write(src.path().join("f"), b"x").expect("write");
-    let (addr, server) = old_server(3, 1);
+    let (addr, server) = old_server(4, 1);
     let run = up_cli(src.path(), &["--host", &addr.to_string(), "f"], &[]);
     assert!(
         run.stderr.contains("old server saw the offer"),
         "{}",
         run.stderr
     );
-    assert_eq!(server.join().expect("server"), [3, 2, 1]);
+    assert_eq!(server.join().expect("server"), [4, 3, 2, 1]);
 
-    let (addr, server) = old_server(3, 1);
+    let (addr, server) = old_server(4, 1);
     let run = up_cli(src.path(), &["--host", &addr.to_string(), "ls"], &[]);
     assert_eq!(run.code, Some(1));
     assert!(
@@ -802,28 +870,28 @@ fn issue_10_a_new_up_cli_falls_back_to_version_1_for_an_older_up_srv() {
         "{}",
         run.stderr
     );
-    assert_eq!(server.join().expect("server"), [3, 2, 1]);
+    assert_eq!(server.join().expect("server"), [4, 3, 2, 1]);
 }
 
 #[test]
 fn issue_11_sha256_uploads_still_work_with_a_version_2_up_srv() {
     let src = tempfile::tempdir().expect("tempdir");
     std::fs::write(src.path().join("f"), b"x").expect("write");
-    let (addr, server) = old_server(2, 2);
+    let (addr, server) = old_server(3, 2);
     let run = up_cli(src.path(), &["--host", &addr.to_string(), "f"], &[]);
     assert!(
         run.stderr.contains("old server saw the offer"),
         "{}",
         run.stderr
     );
-    assert_eq!(server.join().expect("server"), [3, 2]);
+    assert_eq!(server.join().expect("server"), [4, 3, 2]);
 }
 
 #[test]
 fn issue_11_blake3_against_a_version_2_up_srv_says_what_to_do() {
     let src = tempfile::tempdir().expect("tempdir");
     std::fs::write(src.path().join("f"), b"x").expect("write");
-    let (addr, server) = old_server(2, 2);
+    let (addr, server) = old_server(3, 2);
     let run = up_cli(
         src.path(),
         &["--host", &addr.to_string(), "--hash", "blake3", "f"],
@@ -841,7 +909,7 @@ fn issue_11_blake3_against_a_version_2_up_srv_says_what_to_do() {
         "nothing offered"
     );
     assert_eq!(run.stdout, "");
-    assert_eq!(server.join().expect("server"), [3, 2]);
+    assert_eq!(server.join().expect("server"), [4, 3, 2]);
 }
 
 #[test]

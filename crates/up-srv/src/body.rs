@@ -144,9 +144,7 @@ pub async fn receive<S: AsyncRead + Unpin>(
     let mut allocated = 0usize;
     let mut starved = Duration::ZERO;
     let mut end = BodyEnd::Complete;
-    let floor = pace.floor();
-    let mut window_end = Instant::now() + pace.window;
-    let mut window_bytes = 0u64;
+    let mut pacer = Pacer::new(pace);
     while remaining > 0 {
         let mut buf = match free_rx.try_recv() {
             Ok(b) => b,
@@ -162,7 +160,7 @@ pub async fn receive<S: AsyncRead + Unpin>(
                         // rate window pauses while we wait for a buffer.
                         let lost = waited.elapsed();
                         starved += lost;
-                        window_end += lost;
+                        pacer.pause(lost);
                         b
                     }
                     // The worker stopped early: its error is reported below.
@@ -176,31 +174,15 @@ pub async fn receive<S: AsyncRead + Unpin>(
         let mut filled = pending.len().min(want);
         buf[..filled].copy_from_slice(&pending[..filled]);
         pending.advance(filled);
-        window_bytes += filled as u64;
+        pacer.count(filled);
         let mut stop = None;
         while filled < want {
-            tokio::select! {
-                _ = cancel.cancelled() => {
-                    stop = Some(BodyEnd::Cancelled);
+            match pacer.read(stream, &mut buf[filled..want], cancel).await {
+                Ok(n) => filled += n,
+                Err(e) => {
+                    stop = Some(e);
                     break;
                 }
-                () = tokio::time::sleep_until(window_end.into()), if floor.is_some() => {
-                    if floor.is_some_and(|f| window_bytes < f) {
-                        stop = Some(BodyEnd::TooSlow { received: window_bytes });
-                        break;
-                    }
-                    window_bytes = 0;
-                    window_end = Instant::now() + pace.window;
-                }
-                r = tokio::time::timeout(pace.idle, stream.read(&mut buf[filled..want])) => match r {
-                    Err(_) => { stop = Some(BodyEnd::IdleTimeout); break; }
-                    Ok(Ok(0)) => { stop = Some(BodyEnd::Disconnected); break; }
-                    Ok(Ok(n)) => {
-                        filled += n;
-                        window_bytes += n as u64;
-                    }
-                    Ok(Err(e)) => { stop = Some(BodyEnd::Read(e)); break; }
-                },
             }
         }
         remaining -= filled as u64;
@@ -240,6 +222,96 @@ pub async fn receive<S: AsyncRead + Unpin>(
             hasher: Hasher::new(Algorithm::Sha256),
             end: BodyEnd::Write(io::Error::other(format!("writer task failed: {join}"))),
         },
+    }
+}
+
+/// Receives a small body (a put) whole into `out`, which is reused from
+/// one put to the next: first from `pending`, then from `stream`, under the
+/// same pace rules as [`receive`]. Never reads past `expected`.
+pub async fn receive_small<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    pending: &mut BytesMut,
+    expected: usize,
+    out: &mut Vec<u8>,
+    cancel: &CancellationToken,
+    pace: Pace,
+) -> BodyEnd {
+    out.clear();
+    out.resize(expected, 0);
+    let mut filled = pending.len().min(expected);
+    out[..filled].copy_from_slice(&pending[..filled]);
+    pending.advance(filled);
+    let mut pacer = Pacer::new(pace);
+    pacer.count(filled);
+    while filled < expected {
+        match pacer.read(stream, &mut out[filled..], cancel).await {
+            Ok(n) => filled += n,
+            Err(end) => {
+                out.truncate(filled);
+                return end;
+            }
+        }
+    }
+    BodyEnd::Complete
+}
+
+/// The pace rules of one body's socket reads: the idle timeout on every
+/// read, the minimum rate over every window, and shutdown.
+struct Pacer {
+    pace: Pace,
+    floor: Option<u64>,
+    window_end: Instant,
+    window_bytes: u64,
+}
+
+impl Pacer {
+    fn new(pace: Pace) -> Pacer {
+        Pacer {
+            pace,
+            floor: pace.floor(),
+            window_end: Instant::now() + pace.window,
+            window_bytes: 0,
+        }
+    }
+
+    /// Time lost waiting for our own disk does not count against the client.
+    fn pause(&mut self, lost: Duration) {
+        self.window_end += lost;
+    }
+
+    /// Bytes that arrived without a read (already buffered).
+    fn count(&mut self, n: usize) {
+        self.window_bytes += n as u64;
+    }
+
+    /// Reads once into `buf` (not empty): the bytes read, or why the body ended.
+    async fn read<S: AsyncRead + Unpin>(
+        &mut self,
+        stream: &mut S,
+        buf: &mut [u8],
+        cancel: &CancellationToken,
+    ) -> Result<usize, BodyEnd> {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return Err(BodyEnd::Cancelled),
+                () = tokio::time::sleep_until(self.window_end.into()), if self.floor.is_some() => {
+                    if self.floor.is_some_and(|f| self.window_bytes < f) {
+                        return Err(BodyEnd::TooSlow { received: self.window_bytes });
+                    }
+                    self.window_bytes = 0;
+                    self.window_end = Instant::now() + self.pace.window;
+                }
+                r = tokio::time::timeout(self.pace.idle, stream.read(buf)) => return match r {
+                    Err(_) => Err(BodyEnd::IdleTimeout),
+                    Ok(Ok(0)) => Err(BodyEnd::Disconnected),
+                    Ok(Ok(n)) => {
+                        self.window_bytes += n as u64;
+                        Ok(n)
+                    }
+                    Ok(Err(e)) => Err(BodyEnd::Read(e)),
+                },
+            }
+        }
     }
 }
 

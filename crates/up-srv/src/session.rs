@@ -38,7 +38,7 @@ use proto::digest::{Algorithm, Hasher};
 use proto::size::Readable;
 use proto::upload::{
     self, name, ClientMessage, Digest, Form, RefusalCode, ServerCodec, ServerMessage, HASH_VERSION,
-    LEGACY_NAME, LEGACY_REPLY, MAGIC, MIN_VERSION, VERSION,
+    LEGACY_NAME, LEGACY_REPLY, MAGIC, MIN_VERSION, PUT_VERSION, VERSION,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::Decoder;
@@ -49,6 +49,8 @@ use crate::shared::Shared;
 use crate::storage::{validate_name, Fetch, Listed, PartialUpload, StorageError};
 use crate::store::{Outcome, Store};
 use crate::{sendfile, Config};
+
+mod put;
 
 /// A legacy client that stops sending digits for this long has sent its whole
 /// size (the original client sends no terminator and waits for the reply).
@@ -108,6 +110,10 @@ struct Conn<S> {
     version: u16,
     /// Digest that verifies later offers (version 3 `Hash`; SHA-256 before).
     algorithm: Algorithm,
+    /// Puts received and not yet answered (version 4).
+    batch: put::Batch,
+    /// The body of the put being received, reused from one put to the next.
+    put_buf: Vec<u8>,
 }
 
 /// Serves one connection to its end; never returns an error to the accept loop.
@@ -120,6 +126,8 @@ pub async fn run<S: Stream>(stream: S, peer: SocketAddr, shared: Arc<Shared>) {
         frame_deadline: None,
         version: MIN_VERSION,
         algorithm: Algorithm::Sha256,
+        batch: put::Batch::default(),
+        put_buf: Vec::new(),
     };
     let result = match conn.detect().await {
         Ok(Form::Legacy) => conn.legacy().await,
@@ -375,8 +383,31 @@ impl<S: Stream> Conn<S> {
     async fn binary(&mut self) -> Result<(), Stop> {
         bytes::Buf::advance(&mut self.buf, MAGIC.len());
         self.hello().await?;
+        let served = self.requests().await;
+        // Puts that arrived whole are verified: store them (and answer, if
+        // the client still listens) however the connection ends.
+        let committed = self.commit().await;
+        served.and(committed)
+    }
+
+    /// Serves requests until the client closes. Puts are answered at the
+    /// next commit: when no more input is waiting, or before any other request.
+    async fn requests(&mut self) -> Result<(), Stop> {
         loop {
-            match self.read_message().await? {
+            if !self.batch.is_empty() && !self.input_waiting().await {
+                self.commit().await?;
+            }
+            let msg = self.read_message().await?;
+            if !matches!(msg, ClientMessage::Put { .. } | ClientMessage::Check { .. }) {
+                self.commit().await?;
+            }
+            match msg {
+                ClientMessage::Put { name, size } if self.version >= PUT_VERSION => {
+                    self.put(name::nfc(&name), size).await?
+                }
+                ClientMessage::Check { name, size } if self.version >= PUT_VERSION => {
+                    self.check(name::nfc(&name), size).await?
+                }
                 ClientMessage::Offer { name, size } => self.file(name::nfc(&name), size).await?,
                 ClientMessage::List { prefix } if self.version >= 2 => self.list(prefix).await?,
                 ClientMessage::Get { name } if self.version >= 2 => {
@@ -431,6 +462,13 @@ impl<S: Stream> Conn<S> {
                 return Err(Stop::Failed(format!("refused: {reason}")));
             }
         }
+        // Puts are stored by group commit into the upload dir; with an
+        // object store the client offers every file (version 3).
+        let version = if self.shared.config.store.is_some() {
+            version.min(PUT_VERSION - 1)
+        } else {
+            version
+        };
         self.version = version;
         let token_checked = self.shared.config.token.is_some();
         self.send(ServerMessage::Welcome {

@@ -133,6 +133,9 @@ pub struct Storage {
     sums_fd: OwnedFd,
     overwrite: bool,
     fsync: bool,
+    /// Held by [`Storage::commit`], so that its check for an identical
+    /// stored file and its renames are one step against other commits.
+    commit_lock: std::sync::Mutex<()>,
 }
 
 /// Data of one upload in progress, kept in the partial dir.
@@ -202,6 +205,15 @@ impl PartialUpload {
             .map_err(|e| io_err("open", self.data_name(), e))
     }
 
+    /// Appends `data` (a small file's whole body, written in one go).
+    pub fn write_all(&mut self, data: &[u8]) -> Result<(), StorageError> {
+        self.file
+            .write_all(data)
+            .map_err(|e| io_err("write", self.data_name(), e))?;
+        self.len += data.len() as u64;
+        Ok(())
+    }
+
     /// Records bytes appended through [`PartialUpload::append_handle`].
     pub fn add_len(&mut self, n: u64) {
         self.len += n;
@@ -210,6 +222,71 @@ impl PartialUpload {
     fn data_name(&self) -> String {
         format!("{PARTIAL_DIR}/{}.data", self.key)
     }
+}
+
+/// A verified small file waiting for [`Storage::commit`].
+#[derive(Debug)]
+pub struct Staged {
+    /// Its data, complete and verified, not yet fsynced.
+    pub partial: PartialUpload,
+    /// The name it is stored under (or a unique variant of it).
+    pub name: String,
+    /// Its digest, recorded once it is stored.
+    pub digest: Digest,
+    /// The algorithm of `digest`.
+    pub algorithm: Algorithm,
+}
+
+/// Where [`Storage::place`] put a file.
+struct Placed {
+    /// Name relative to the upload dir.
+    stored: String,
+    /// Its directory relative to the upload dir (empty for the dir itself).
+    dir: String,
+    /// That directory, open; `None` for the upload dir.
+    dir_fd: Option<OwnedFd>,
+}
+
+impl Placed {
+    fn dir_fd<'a>(&'a self, storage: &'a Storage) -> std::os::fd::BorrowedFd<'a> {
+        self.dir_fd
+            .as_ref()
+            .map_or(storage.root_fd.as_fd(), |f| f.as_fd())
+    }
+}
+
+/// Most threads fsyncing one batch at once.
+pub const FSYNC_THREADS: usize = 8;
+
+/// Fsyncs `files` from up to [`FSYNC_THREADS`] threads at once. Journaling
+/// filesystems commit fsyncs that wait together in one journal commit, so a
+/// batch costs a few commits instead of one per file. One result per file.
+fn sync_all_parallel(files: &[&File]) -> Vec<io::Result<()>> {
+    let threads = files.len().min(FSYNC_THREADS);
+    if threads <= 1 {
+        return files.iter().map(|f| f.sync_all()).collect();
+    }
+    let per = files.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = files
+            .chunks(per)
+            .map(|group| {
+                scope.spawn(move || group.iter().map(|f| f.sync_all()).collect::<Vec<_>>())
+            })
+            .collect();
+        handles
+            .into_iter()
+            .zip(files.chunks(per))
+            .flat_map(|(h, group)| {
+                h.join().unwrap_or_else(|_| {
+                    group
+                        .iter()
+                        .map(|_| Err(io::Error::other("fsync thread panicked")))
+                        .collect()
+                })
+            })
+            .collect()
+    })
 }
 
 /// Size and modification time of a stored file, what its digest record is
@@ -333,6 +410,7 @@ impl Storage {
             sums_fd,
             overwrite,
             fsync,
+            commit_lock: std::sync::Mutex::new(()),
         })
     }
 
@@ -484,6 +562,116 @@ impl Storage {
                 .sync_all()
                 .map_err(|e| io_err("fsync", partial.data_name(), e))?;
         }
+        let placed = self.place(partial, name)?;
+        if self.fsync {
+            nix::unistd::fsync(placed.dir_fd(self))
+                .map_err(|e| io_err("fsync directory of", name, e))?;
+        }
+        self.write_record(&placed.stored, stamp, sha256, algorithm)?;
+        Ok(placed.stored)
+    }
+
+    /// Stores a batch of verified files at once (group commit): every file's
+    /// data is fsynced (in parallel, so the filesystem commits them together),
+    /// then each is renamed into place, then each directory that received one
+    /// is fsynced once. Every result is known only once all of that is done,
+    /// so no file is reported stored before it is durable. One result per
+    /// file, in order: the stored name, or `None` when its name already held
+    /// the same bytes (another connection stored them first); a failure of
+    /// one file does not fail the others.
+    pub fn commit(&self, batch: Vec<Staged>) -> Vec<Result<Option<String>, StorageError>> {
+        let _serial = self
+            .commit_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut results: Vec<Option<Result<Option<String>, StorageError>>> = Vec::new();
+        let mut fresh = Vec::with_capacity(batch.len());
+        for staged in batch {
+            let size = staged.partial.len();
+            let same = self
+                .stored_digest_with(&staged.name, size, staged.algorithm)
+                .is_ok_and(|d| d == Some(staged.digest));
+            if same {
+                let _ = self.discard(staged.partial);
+                results.push(Some(Ok(None)));
+            } else {
+                results.push(None);
+                fresh.push(staged);
+            }
+        }
+        let mut stored = self.commit_fresh(fresh).into_iter();
+        results
+            .into_iter()
+            .map(|r| match r {
+                Some(r) => r,
+                None => match stored.next() {
+                    Some(r) => r.map(Some),
+                    None => Err(StorageError::NoUniqueName("a committed file".into())),
+                },
+            })
+            .collect()
+    }
+
+    /// [`Storage::commit`] of files whose names do not hold them yet.
+    fn commit_fresh(&self, batch: Vec<Staged>) -> Vec<Result<String, StorageError>> {
+        let synced: Vec<io::Result<()>> = if self.fsync {
+            let files: Vec<&File> = batch.iter().map(|s| &s.partial.file).collect();
+            sync_all_parallel(&files)
+        } else {
+            batch.iter().map(|_| Ok(())).collect()
+        };
+        let mut placed: Vec<Result<(Placed, Stamp, Digest, Algorithm), StorageError>> =
+            Vec::with_capacity(batch.len());
+        for (staged, synced) in batch.into_iter().zip(synced) {
+            let data = staged.partial.data_name();
+            let step = synced
+                .map_err(|e| io_err("fsync", data.clone(), e))
+                .and_then(|()| Stamp::of(&staged.partial.file).map_err(|e| io_err("stat", data, e)))
+                .and_then(|stamp| {
+                    let key = staged.partial.key.clone();
+                    let placed = self.place(staged.partial, &staged.name);
+                    if placed.is_err() {
+                        let _ = self.remove_key(&key);
+                    }
+                    Ok((placed?, stamp, staged.digest, staged.algorithm))
+                });
+            placed.push(step);
+        }
+        if self.fsync {
+            // One fsync per directory that received a file.
+            let mut done: Vec<(&str, Result<(), Errno>)> = Vec::new();
+            for (p, ..) in placed.iter().flatten() {
+                if !done.iter().any(|(dir, _)| *dir == p.dir.as_str()) {
+                    done.push((p.dir.as_str(), nix::unistd::fsync(p.dir_fd(self))));
+                }
+            }
+            let failed: Vec<(String, Errno)> = done
+                .into_iter()
+                .filter_map(|(dir, r)| r.err().map(|e| (dir.to_string(), e)))
+                .collect();
+            for step in &mut placed {
+                let bad = match step {
+                    Ok((p, ..)) => failed.iter().find(|(dir, _)| *dir == p.dir).cloned(),
+                    Err(_) => None,
+                };
+                if let (Some((_, e)), Ok((p, ..))) = (bad, &step) {
+                    *step = Err(io_err("fsync directory of", p.stored.clone(), e));
+                }
+            }
+        }
+        placed
+            .into_iter()
+            .map(|step| {
+                let (p, stamp, digest, algorithm) = step?;
+                self.write_record(&p.stored, stamp, &digest, algorithm)?;
+                Ok(p.stored)
+            })
+            .collect()
+    }
+
+    /// Renames a partial into place under `name` (or a unique variant of it
+    /// unless `--overwrite`), creating its directories; no fsync here.
+    fn place(&self, partial: PartialUpload, name: &str) -> Result<Placed, StorageError> {
         let key = partial.key.clone();
         let data_name = partial.data_name();
         drop(partial);
@@ -507,75 +695,82 @@ impl Storage {
             dir_fd = Some(fd);
         }
         let leaf_dir = dir_fd.as_ref().map_or(self.root_fd.as_fd(), |f| f.as_fd());
-        let prefix = dirs.map(|d| format!("{d}/")).unwrap_or_default();
-
         let stored_leaf = if self.overwrite {
             renameat(&self.partial_fd, src.as_str(), leaf_dir, leaf)
                 .map_err(|e| io_err("rename into place", name, e))?;
             leaf.to_string()
         } else {
-            let mut stored = None;
-            for n in 0..MAX_UNIQUE_TRIES {
-                let candidate = if n == 0 {
-                    leaf.to_string()
-                } else {
-                    unique_variant(leaf, n)
-                };
-                if candidate.len() > name::MAX_COMPONENT_LEN {
-                    break;
-                }
-                match renameat2(
-                    &self.partial_fd,
-                    src.as_str(),
-                    leaf_dir,
-                    candidate.as_str(),
-                    RenameFlags::RENAME_NOREPLACE,
-                ) {
-                    Ok(()) => {
-                        stored = Some(candidate);
-                        break;
-                    }
-                    Err(Errno::EEXIST) => continue,
-                    Err(Errno::EINVAL) => {
-                        // The filesystem lacks RENAME_NOREPLACE: a hard link is
-                        // just as atomic at refusing an existing name.
-                        match nix::unistd::linkat(
-                            &self.partial_fd,
-                            src.as_str(),
-                            leaf_dir,
-                            candidate.as_str(),
-                            nix::fcntl::AtFlags::empty(),
-                        ) {
-                            Ok(()) => {
-                                let _ = unlinkat(
-                                    &self.partial_fd,
-                                    src.as_str(),
-                                    UnlinkatFlags::NoRemoveDir,
-                                );
-                                stored = Some(candidate);
-                                break;
-                            }
-                            Err(Errno::EEXIST) => continue,
-                            Err(e) => return Err(io_err("link into place", data_name, e)),
-                        }
-                    }
-                    Err(e) => return Err(io_err("rename into place", name, e)),
-                }
-            }
-            stored.ok_or_else(|| StorageError::NoUniqueName(name.to_string()))?
+            self.rename_unique(&src, leaf_dir, leaf, name, &data_name)?
         };
-        if self.fsync {
-            nix::unistd::fsync(leaf_dir).map_err(|e| io_err("fsync directory of", name, e))?;
-        }
         // The data is safe under its final name; the meta is now garbage.
         let _ = unlinkat(
             &self.partial_fd,
             format!("{key}.meta").as_str(),
             UnlinkatFlags::NoRemoveDir,
         );
-        let stored = format!("{prefix}{stored_leaf}");
-        self.write_record(&stored, stamp, sha256, algorithm)?;
-        Ok(stored)
+        let dir = dirs.unwrap_or_default().to_string();
+        let stored = if dir.is_empty() {
+            stored_leaf
+        } else {
+            format!("{dir}/{stored_leaf}")
+        };
+        Ok(Placed {
+            stored,
+            dir,
+            dir_fd,
+        })
+    }
+
+    /// Renames `src` to `leaf` in `leaf_dir`, or to the first free
+    /// `leaf (n)`, never replacing an existing file; the leaf it got.
+    fn rename_unique(
+        &self,
+        src: &str,
+        leaf_dir: std::os::fd::BorrowedFd<'_>,
+        leaf: &str,
+        name: &str,
+        data_name: &str,
+    ) -> Result<String, StorageError> {
+        for n in 0..MAX_UNIQUE_TRIES {
+            let candidate = if n == 0 {
+                leaf.to_string()
+            } else {
+                unique_variant(leaf, n)
+            };
+            if candidate.len() > name::MAX_COMPONENT_LEN {
+                break;
+            }
+            match renameat2(
+                &self.partial_fd,
+                src,
+                leaf_dir,
+                candidate.as_str(),
+                RenameFlags::RENAME_NOREPLACE,
+            ) {
+                Ok(()) => return Ok(candidate),
+                Err(Errno::EEXIST) => continue,
+                Err(Errno::EINVAL) => {
+                    // The filesystem lacks RENAME_NOREPLACE: a hard link is
+                    // just as atomic at refusing an existing name.
+                    match nix::unistd::linkat(
+                        &self.partial_fd,
+                        src,
+                        leaf_dir,
+                        candidate.as_str(),
+                        nix::fcntl::AtFlags::empty(),
+                    ) {
+                        Ok(()) => {
+                            let _ = unlinkat(&self.partial_fd, src, UnlinkatFlags::NoRemoveDir);
+                            return Ok(candidate);
+                        }
+                        Err(Errno::EEXIST) => continue,
+                        Err(e) => return Err(io_err("link into place", data_name, e)),
+                    }
+                }
+                Err(e) => return Err(io_err("rename into place", name, e)),
+            }
+        }
+        Err(StorageError::NoUniqueName(name.to_string()))
     }
 
     /// The record file of a stored name, flat like the partial keys; one per

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use futures_util::TryStreamExt;
 use object_store::{BackoffConfig, RetryConfig};
+use proto::upload::PUT_VERSION;
 use s3::{create_bucket, settings, CutProxy, S3Server};
 use sha2::{Digest as _, Sha256};
 use up_srv::store::{Outcome, State, Store, StoreError, StoreOptions, PART_SIZE};
@@ -489,7 +490,7 @@ async fn up_srv_reports_stored_only_once_the_store_holds_the_file() {
     let srv = up_srv_on(&store).await;
     let data = common::data(300_000, 21);
 
-    let mut client = common::Client::connect(srv.addr).await;
+    let mut client = common::Client::connect_welcomed_as(srv.addr, PUT_VERSION - 1).await;
     let answer = within(client.upload("pics/a.jpg", &data)).await;
     assert!(
         matches!(&answer, ServerMessage::Stored { name, .. } if name == "pics/a.jpg"),
@@ -504,7 +505,7 @@ async fn up_srv_reports_stored_only_once_the_store_holds_the_file() {
     );
 
     // A rerun hears the recorded digest from the store before sending anything.
-    let mut again = common::Client::connect(srv.addr).await;
+    let mut again = common::Client::connect_welcomed_as(srv.addr, PUT_VERSION - 1).await;
     let answer = within(again.offer("pics/a.jpg", data.len() as u64)).await;
     assert!(
         matches!(answer, ServerMessage::Present { sha256 } if sha256 == common::sha256(&data)),
@@ -524,7 +525,7 @@ async fn up_srv_keeps_the_partial_while_the_store_is_cut_and_the_rerun_finishes(
     let data = common::data(PART_SIZE * 2 + 99, 22);
 
     proxy.cut_after(PART_SIZE as u64 / 2);
-    let mut client = common::Client::connect(srv.addr).await;
+    let mut client = common::Client::connect_welcomed_as(srv.addr, PUT_VERSION - 1).await;
     let answer = within(client.upload("big.bin", &data)).await;
     assert!(
         matches!(

@@ -11,6 +11,7 @@ mod crash;
 mod drip;
 mod hostile;
 mod legacy;
+mod put;
 mod retrieval;
 mod tls;
 mod upload;

@@ -39,6 +39,14 @@ fn client_samples() -> Vec<ClientMessage> {
         ClientMessage::Hash {
             algorithm: "blake3".into(),
         },
+        ClientMessage::Put {
+            name: "photos/small.png".into(),
+            size: MAX_PUT_SIZE,
+        },
+        ClientMessage::Check {
+            name: "photos/small.png".into(),
+            size: 0,
+        },
     ]
 }
 
@@ -64,6 +72,7 @@ fn server_samples() -> Vec<ServerMessage> {
             name: "photo (1).jpg".into(),
             sha256: [1; 32],
         },
+        ServerMessage::Missing,
         ServerMessage::Refuse {
             code: RefusalCode::BadName,
             reason: "name contains '..'".into(),

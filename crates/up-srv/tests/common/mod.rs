@@ -172,11 +172,17 @@ impl Client {
 
     /// Connects with no token and asserts the welcome.
     pub async fn connect(addr: SocketAddr) -> Client {
+        Client::connect_welcomed_as(addr, VERSION).await
+    }
+
+    /// Connects with no token and asserts a welcome to `version` (a server
+    /// with an object store serves the version below puts).
+    pub async fn connect_welcomed_as(addr: SocketAddr, version: u16) -> Client {
         let (c, answer) = Client::hello(addr, "").await;
         assert_eq!(
             answer,
             ServerMessage::Welcome {
-                version: VERSION,
+                version,
                 token_checked: false
             }
         );
