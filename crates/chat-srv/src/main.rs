@@ -116,7 +116,8 @@ fn serve(args: Args) -> anyhow::Result<()> {
 }
 
 async fn serve_on_runtime(args: Args) -> anyhow::Result<()> {
-    raise_fd_limit(args.max_clients);
+    // Each client is one file descriptor.
+    transport::listen::raise_fd_limit(args.max_clients as u64, "--max-clients");
     let ports = args.tls.open_ports(
         args.bind,
         args.port,
@@ -140,24 +141,4 @@ async fn serve_on_runtime(args: Args) -> anyhow::Result<()> {
         transport::signal::shutdown().context("installing the SIGINT/SIGTERM handlers")?;
     chat_srv::serve(ports, config, signals).await?;
     Ok(())
-}
-
-/// Each client is one file descriptor: raise the soft limit toward the hard
-/// one so `--max-clients` is reachable, and warn when it is not.
-fn raise_fd_limit(max_clients: usize) {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
-        return;
-    };
-    if soft < hard {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-    }
-    let now = getrlimit(Resource::RLIMIT_NOFILE).map_or(soft, |(s, _)| s);
-    // A few descriptors go to the listener, stdio and the runtime.
-    if now < max_clients as u64 + 16 {
-        tracing::warn!(
-            "open-file limit is {now}, below --max-clients {max_clients}: accepts will fail \
-             beyond it (raise it with `ulimit -n`)"
-        );
-    }
 }

@@ -86,6 +86,27 @@ pub(crate) fn lower_reason(e: &std::io::Error) -> String {
     }
 }
 
+/// Raises the open-file soft limit to the hard one, so that `needed`
+/// descriptors can be open at once, and warns when even that is below it
+/// (`flag` names the setting that asks for them).
+pub fn raise_fd_limit(needed: u64, flag: &str) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft < hard {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+    let now = getrlimit(Resource::RLIMIT_NOFILE).map_or(soft, |(s, _)| s);
+    // A few descriptors go to the listener, stdio and the runtime.
+    if now < needed + 16 {
+        tracing::warn!(
+            "open-file limit is {now}, below the {needed} that {flag} may need: connections \
+             fail beyond it (raise it with `ulimit -n`)"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,9 +4,10 @@
 //! verified. See `docs/PROTOCOL.md` ("Upload").
 //!
 //! ```text
-//! MAGIC Hello{2} -> Welcome | Refuse(unsupported version: retried as version 1)
+//! MAGIC Hello{4} -> Welcome | Refuse(unsupported version: retried with 3, 2, then 1)
 //! per file: Offer -> [Present{sha256} -> Skip | Proceed ->] Accept{offset, prefix sha256} | Refuse ;
 //!           Start{offset} ; body ; Finish{sha256} -> Stored | Refuse
+//! small files (version 4): Check* ; Put ; body ; Finish ; Put ... without waiting (see pipeline)
 //! ```
 //!
 //! One file is four steps, one function each: [`offer`] (with the

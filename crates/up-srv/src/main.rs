@@ -132,6 +132,11 @@ fn main() -> ExitCode {
 fn serve(args: Args) -> anyhow::Result<()> {
     // A misspelt SOCKCHAT_SHA256 is an error, not silently the default.
     proto::digest::Sha256Backend::from_env()?;
+    // A connection is one descriptor; an upload a few more (its file, the
+    // flusher's), a batch of puts one per waiting file.
+    let per_upload = up_srv::session::put::MAX_BATCH_FILES as u64 + 4;
+    let needed = u64::from(args.max_connections) + u64::from(args.max_uploads) * per_upload;
+    transport::listen::raise_fd_limit(needed, "--max-connections with --max-uploads");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

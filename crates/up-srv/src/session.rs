@@ -6,7 +6,9 @@
 //!         loop { Offer -> [Present -> Skip | Proceed ->] Refuse | Accept ; Start ; body ;
 //!                         Finish -> Stored | Refuse
 //!              | List -> Entry* ListEnd | Refuse
-//!              | Get -> Sending ; Start ; <bytes to the client> | Refuse }
+//!              | Get -> Sending ; Start ; <bytes to the client> | Refuse
+//!              | Check -> (at the next commit) Present | Missing | Refuse
+//!              | Put ; <size bytes> ; Finish -> (at the next commit) Stored | Present | Refuse }
 //! legacy: "<digits>" [pause or CR/LF] -> "1001" ; <size bytes> ; close
 //!         (with --token: -> "refused: ..." line ; close, nothing stored)
 //! ```
@@ -17,6 +19,8 @@
 //! ([`Conn::receive`]) and verify and store it ([`Conn::store`]). How a
 //! body that ended early is reported is decided once, by [`ended`], for
 //! both forms. Every storage call runs through [`Shared::blocking`].
+//! Version 4's puts and checks ([`put`]) are answered a batch at a time,
+//! after a group commit.
 //!
 //! The session owns the buffer the codec decodes from, so bytes read past a
 //! `Start` frame (or past the legacy size) are handed to [`body::receive`] as
@@ -50,7 +54,7 @@ use crate::storage::{validate_name, Fetch, Listed, PartialUpload, StorageError};
 use crate::store::{Outcome, Store};
 use crate::{sendfile, Config};
 
-mod put;
+pub mod put;
 
 /// A legacy client that stops sending digits for this long has sent its whole
 /// size (the original client sends no terminator and waits for the reply).
