@@ -1,10 +1,10 @@
 //! Receives one raw upload body: socket reads overlap hashing and writing.
 //!
 //! The session task reads the socket into a small pool of recycled buffers
-//! and hands each filled buffer to ONE blocking thread that hashes it and
-//! appends it to the partial file, then returns it to the pool. One hop per
-//! chunk keeps wakeups low on small machines, while the socket read of chunk
-//! k+1 still overlaps the hashing and writing of chunk k. Memory per upload
+//! and hands each filled buffer to a blocking thread that hashes it and
+//! passes it on to a writer thread, which appends it to the partial file and
+//! returns it to the pool. The socket read of chunk k+2, the hashing of
+//! chunk k+1 and the write of chunk k all overlap. Memory per upload
 //! is `POOL_BUFFERS * BUFFER_SIZE` whatever the file size. Bytes the session
 //! already buffered past the `Start` frame are the body's first bytes.
 //!
@@ -315,31 +315,64 @@ impl Pacer {
     }
 }
 
-/// The blocking side: hashes each chunk, appends it, recycles the buffer.
-/// After a write error the rest is still drained (and hashed, since the hash
-/// covers every received byte) so the session's sends never block.
+/// The blocking side: this thread hashes each chunk and hands it to a
+/// writer thread, which appends it and recycles the buffer, so hashing
+/// chunk k+1 overlaps writing chunk k. After a write error the rest is
+/// still drained (and hashed, since the hash covers every received byte) so
+/// the session's sends never block.
 fn hash_and_write(
-    mut file: File,
+    file: File,
     mut hasher: Hasher,
     mut chunks: mpsc::Receiver<Chunk>,
     free: mpsc::Sender<Vec<u8>>,
 ) -> Worker {
+    let (to_writer, from_hasher) = std_mpsc::sync_channel::<Chunk>(POOL_BUFFERS);
+    std::thread::scope(|scope| {
+        let writer = std::thread::Builder::new()
+            .name("up-srv-write".into())
+            .spawn_scoped(scope, move || write_chunks(file, &from_hasher, &free));
+        let mut idle = Duration::ZERO;
+        loop {
+            let waited = Instant::now();
+            let Some(chunk) = chunks.blocking_recv() else {
+                break;
+            };
+            idle += waited.elapsed();
+            hasher.update(&chunk.buf[..chunk.len]);
+            if to_writer.send(chunk).is_err() {
+                break;
+            }
+        }
+        drop(to_writer);
+        debug!("body hasher: waited {idle:?} for data");
+        let (written, result) = match writer.map(|w| w.join()) {
+            Ok(Ok(done)) => done,
+            Ok(Err(_)) => (0, Err(io::Error::other("writer thread panicked"))),
+            Err(e) => (0, Err(e)),
+        };
+        Worker {
+            written,
+            hasher,
+            result,
+        }
+    })
+}
+
+/// Appends each hashed chunk, starts the flusher past [`SYNC_EVERY`] bytes
+/// and recycles the buffer; bytes written and the first error.
+fn write_chunks(
+    mut file: File,
+    chunks: &std_mpsc::Receiver<Chunk>,
+    free: &mpsc::Sender<Vec<u8>>,
+) -> (u64, io::Result<()>) {
     let mut written = 0u64;
     let mut result = Ok(());
     // Small bodies need no flush thread: it starts after SYNC_EVERY bytes.
     let mut flusher: Option<Flusher> = None;
     let mut before_flusher = 0u64;
-    let mut idle = Duration::ZERO;
-    loop {
-        let waited = Instant::now();
-        let Some(chunk) = chunks.blocking_recv() else {
-            break;
-        };
-        idle += waited.elapsed();
-        let data = &chunk.buf[..chunk.len];
-        hasher.update(data);
+    while let Ok(chunk) = chunks.recv() {
         if result.is_ok() {
-            match file.write_all(data) {
+            match file.write_all(&chunk.buf[..chunk.len]) {
                 Ok(()) => written += chunk.len as u64,
                 Err(e) => result = Err(e),
             }
@@ -365,12 +398,7 @@ fn hash_and_write(
             }
         }
     }
-    debug!("body worker: waited {idle:?} for data");
-    Worker {
-        written,
-        hasher,
-        result,
-    }
+    (written, result)
 }
 
 /// Flushes a file on its own thread while it is being appended to.
