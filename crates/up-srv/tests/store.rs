@@ -515,6 +515,33 @@ async fn up_srv_reports_stored_only_once_the_store_holds_the_file() {
 }
 
 #[tokio::test]
+async fn up_srv_with_a_store_serves_no_puts_and_refuses_blake3_saying_why() {
+    use proto::upload::{ClientMessage, RefusalCode, ServerMessage};
+    let server = S3Server::start();
+    create_bucket(server.addr, "uploads").await;
+    let store = open(&server.endpoint(), "s3://uploads").await;
+    let srv = up_srv_on(&store).await;
+    // The hello is answered below version 4, so a client offers every file.
+    let mut client = common::Client::connect_welcomed_as(srv.addr, PUT_VERSION - 1).await;
+    client
+        .send(ClientMessage::Hash {
+            algorithm: "blake3".into(),
+        })
+        .await;
+    let answer = within(client.recv()).await;
+    assert!(
+        matches!(
+            &answer,
+            Some(ServerMessage::Refuse { code: RefusalCode::BadMessage, reason })
+                if reason.contains("verifies SHA-256 only; upload without --hash blake3")
+        ),
+        "{answer:?}"
+    );
+    assert_eq!(within(client.recv()).await, None, "the connection closes");
+    srv.stop().await;
+}
+
+#[tokio::test]
 async fn up_srv_keeps_the_partial_while_the_store_is_cut_and_the_rerun_finishes() {
     use proto::upload::{RefusalCode, ServerMessage};
     let server = S3Server::start();
