@@ -71,9 +71,9 @@ fn message(text: &str, me: &Member, shared: &Shared, out: &mut BytesMut) {
     let from = &*me.peer.nick;
     // Built outside the registry's lock; the time is the server's local time.
     let kept = shared.registry.keeps_history().then(|| {
-        let time = chrono::Local::now().format("%H:%M").to_string();
+        let time = local_hh_mm(unix_ms() / 1000);
         ServerLine::History {
-            time: &time,
+            time: time.as_str(),
             from,
             text,
         }
@@ -93,6 +93,55 @@ fn message(text: &str, me: &Member, shared: &Shared, out: &mut BytesMut) {
             let kept = String::from_utf8_lossy(&kept);
             cluster.record(&me.room, unix_ms(), kept.trim_end_matches('\n'));
         }
+    }
+}
+
+/// The server's local time of day at `unix_secs`, as `HH:MM`.
+///
+/// Worked out once a minute per thread and reused: asking the time zone and
+/// formatting on every message cost more than the rest of a lone client's
+/// message. A minute of UTC is a minute of local time in every zone (their
+/// offsets and transitions fall on whole minutes), so the cache is exact.
+fn local_hh_mm(unix_secs: u64) -> HhMm {
+    use chrono::{TimeZone as _, Timelike as _};
+    use std::cell::Cell;
+    thread_local! {
+        static LAST: Cell<Option<(u64, HhMm)>> = const { Cell::new(None) };
+    }
+    let minute = unix_secs / 60;
+    LAST.with(|last| {
+        if let Some((_, hh_mm)) = last.get().filter(|(cached, _)| *cached == minute) {
+            return hh_mm;
+        }
+        let secs = i64::try_from(minute * 60).unwrap_or(i64::MAX);
+        let hh_mm = chrono::Local
+            .timestamp_opt(secs, 0)
+            .single()
+            .map_or(HhMm(*b"??:??"), |t| HhMm::new(t.hour(), t.minute()));
+        last.set(Some((minute, hh_mm)));
+        hh_mm
+    })
+}
+
+/// A time of day as the five ASCII bytes `HH:MM`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct HhMm([u8; 5]);
+
+impl HhMm {
+    fn new(hour: u32, minute: u32) -> Self {
+        let digit = |n: u32| b'0' + u8::try_from(n % 10).unwrap_or(0);
+        HhMm([
+            digit(hour / 10),
+            digit(hour),
+            b':',
+            digit(minute / 10),
+            digit(minute),
+        ])
+    }
+
+    fn as_str(&self) -> &str {
+        // Only ASCII digits, ':' and '?' are ever stored.
+        std::str::from_utf8(&self.0).unwrap_or("??:??")
     }
 }
 
@@ -340,4 +389,32 @@ pub(crate) fn notify_leave(
     let remaining = if local { remaining } else { &[] };
     // The client already left the list, so nobody is excluded.
     notify(shared, room, remaining, u64::MAX, &format!("{nick} left"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::local_hh_mm;
+    use chrono::TimeZone as _;
+
+    #[test]
+    fn history_time_matches_the_local_clock_across_minutes_and_days() {
+        // Every 7 minutes and 13 seconds over two days, plus both sides of
+        // a minute boundary: the cached value always equals a fresh format.
+        let start = 1_780_000_000_u64;
+        let points = (0..400).map(|i| start + i * 433).chain([
+            start + 59,
+            start + 60,
+            start + 119,
+            start + 120,
+        ]);
+        for secs in points {
+            let expected = chrono::Local
+                .timestamp_opt(i64::try_from(secs).expect("small"), 0)
+                .single()
+                .expect("a UTC instant has one local time")
+                .format("%H:%M")
+                .to_string();
+            assert_eq!(local_hh_mm(secs).as_str(), expected, "at {secs}");
+        }
+    }
 }

@@ -416,15 +416,18 @@ async fn run_loop<S: AsyncRead + AsyncWrite + Unpin>(
     loop {
         conn.gather(&mut rx);
         if !conn.out.is_empty() {
+            // The write is polled first: it nearly always completes at once,
+            // and checking the token (two locks) is needed only while a write
+            // waits on a full socket, the case a kick or shutdown must cut.
             tokio::select! {
                 biased;
+                res = conn.flush() => if res.is_err() {
+                    return End::Io;
+                },
                 () = &mut stop => {
                     conn.mid_write = true;
                     return stop_reason();
                 }
-                res = conn.flush() => if res.is_err() {
-                    return End::Io;
-                },
             }
         }
         tokio::select! {
