@@ -237,6 +237,10 @@ pub struct Staged {
     pub algorithm: Algorithm,
 }
 
+/// What [`Storage::commit`] did with one file: the name it is stored
+/// under, or `None` when its name already held the same bytes.
+pub type Committed = Result<Option<String>, StorageError>;
+
 /// Where [`Storage::place`] put a file.
 struct Placed {
     /// Name relative to the upload dir.
@@ -579,12 +583,12 @@ impl Storage {
     /// file, in order: the stored name, or `None` when its name already held
     /// the same bytes (another connection stored them first); a failure of
     /// one file does not fail the others.
-    pub fn commit(&self, batch: Vec<Staged>) -> Vec<Result<Option<String>, StorageError>> {
+    pub fn commit(&self, batch: Vec<Staged>) -> Vec<Committed> {
         let _serial = self
             .commit_lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut results: Vec<Option<Result<Option<String>, StorageError>>> = Vec::new();
+        let mut results: Vec<Option<Committed>> = Vec::new();
         let mut fresh = Vec::with_capacity(batch.len());
         for staged in batch {
             let size = staged.partial.len();

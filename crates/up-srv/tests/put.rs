@@ -92,6 +92,32 @@ async fn puts_sent_at_once_are_answered_in_order_and_refusals_keep_the_stream_in
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_committed_behind_the_next_are_answered_first_in_order() {
+    let server = start_server().await;
+    let mut c = Client::connect(server.addr).await;
+    // Far more than one batch in one write: full batches are committed
+    // while the next arrives, and every answer still comes in order.
+    let mut wire = BytesMut::new();
+    let mut expected = Vec::new();
+    for i in 0..200u32 {
+        let body = data(1000 + i as usize, (i % 251) as u8);
+        let name = format!("d{}/f{i:03}.bin", i % 3);
+        put(&mut wire, &name, &body, sha256(&body));
+        expected.push(ServerMessage::Stored {
+            name,
+            sha256: sha256(&body),
+        });
+    }
+    c.raw(&wire).await;
+    for (i, want) in expected.iter().enumerate() {
+        assert_eq!(c.recv().await.as_ref(), Some(want), "answer {i}");
+    }
+    assert_eq!(server.stored().len(), 200);
+    assert!(server.partials().is_empty(), "{:?}", server.partials());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_put_cut_short_stores_nothing_and_the_puts_before_it_are_stored() {
     let server = start_server().await;
     let mut c = Client::connect(server.addr).await;

@@ -11,11 +11,13 @@
 //! dir; its answer waits in the [`Batch`]. The batch is committed
 //! ([`Storage::commit`](crate::storage::Storage::commit): every file's data
 //! fsynced together, renames, one fsync per directory) when the client has
-//! nothing more on the way, when it holds [`MAX_BATCH_FILES`] files, or
-//! before any other request; then every answer is sent, in order, in one
-//! write. So nothing is reported stored before it is durable, and a client
-//! that keeps a window of puts in flight pays one commit per window instead
-//! of two round trips and three fsyncs per file.
+//! nothing more on the way, or before any other request; then every answer
+//! is sent, in order, in one write. A batch that fills up
+//! ([`MAX_BATCH_FILES`]) while more input waits is committed behind: its
+//! fsyncs run on the blocking pool while the next batch arrives, and its
+//! answers go out before that batch's. So nothing is reported stored before
+//! it is durable, and a client that keeps a window of puts in flight pays one
+//! commit per batch instead of two round trips and three fsyncs per file.
 //!
 //! A put is not resumable: one cut short stores nothing (the rerun sends
 //! it again, and the files the batch already holds are then "already
@@ -29,11 +31,12 @@ use proto::size::Readable;
 use proto::upload::{ClientMessage, Digest, RefusalCode, ServerMessage, MAX_PUT_SIZE};
 use tokio::io::AsyncReadExt;
 use tokio::sync::OwnedSemaphorePermit;
-use tracing::{info, warn};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
 
 use super::{ended, log_stored, shown, Conn, Stop, Stream};
 use crate::body::{self, Pace};
-use crate::storage::{Staged, StorageError};
+use crate::storage::{Committed, Staged, StorageError};
 
 /// Most puts committed together. A client's window larger than this still
 /// works: the batch is committed when full.
@@ -52,19 +55,33 @@ enum Verdict {
     },
 }
 
-/// Puts received and not yet answered.
+/// Puts and checks received and not yet answered.
 #[derive(Default)]
 pub(super) struct Batch {
     verdicts: Vec<Verdict>,
     staged: Vec<Staged>,
-    /// One `--max-uploads` slot, held while the batch has staged files.
+    /// The previous batch, being committed behind this one.
+    behind: Option<Committing>,
+    /// One `--max-uploads` slot, held while this connection has puts to store.
     slot: Option<OwnedSemaphorePermit>,
 }
 
 impl Batch {
+    /// Nothing waits for an answer.
     pub(super) fn is_empty(&self) -> bool {
-        self.verdicts.is_empty()
+        self.verdicts.is_empty() && self.behind.is_none()
     }
+}
+
+/// A batch whose files are being stored; its answers wait for that.
+struct Committing {
+    began: Instant,
+    verdicts: Vec<Verdict>,
+    /// Name and digest of each staged file, in order.
+    names: Vec<String>,
+    digests: Vec<Digest>,
+    /// The commit on the blocking pool; `None` when nothing was staged.
+    task: Option<JoinHandle<Vec<Committed>>>,
 }
 
 /// What [`Conn::stage`] decided for one verified put.
@@ -112,7 +129,7 @@ impl<S: Stream> Conn<S> {
         let verdict = self.stage(name, body, claimed, began).await?;
         self.batch.verdicts.push(verdict);
         if self.batch.verdicts.len() >= MAX_BATCH_FILES {
-            self.commit().await?;
+            self.commit_behind().await?;
         }
         Ok(())
     }
@@ -240,7 +257,7 @@ impl<S: Stream> Conn<S> {
         };
         self.batch.verdicts.push(Verdict::Ready(answer));
         if self.batch.verdicts.len() >= MAX_BATCH_FILES {
-            self.commit().await?;
+            self.commit_behind().await?;
         }
         Ok(())
     }
@@ -259,40 +276,80 @@ impl<S: Stream> Conn<S> {
         }
     }
 
-    /// Stores the staged puts together and sends every waiting answer, in
-    /// order, in one write. A storage failure of one file refuses that file
-    /// with code 30 and closes the connection once all answers are sent.
+    /// Answers everything received so far: waits for a commit running
+    /// behind, then stores the staged puts together and sends every waiting
+    /// answer, in order, in one write. A storage failure of one file refuses
+    /// that file with code 30 and closes the connection once all answers are sent.
     pub(super) async fn commit(&mut self) -> Result<(), Stop> {
-        if self.batch.is_empty() {
+        if let Some(behind) = self.batch.behind.take() {
+            self.answer(behind).await?;
+        }
+        self.batch.slot = None;
+        if self.batch.verdicts.is_empty() {
             return Ok(());
         }
+        let batch = self.start_commit();
+        self.answer(batch).await
+    }
+
+    /// A full batch while more input waits: its commit runs behind on the
+    /// blocking pool while the next batch is received, and is answered
+    /// before that one (or before anything else is answered).
+    async fn commit_behind(&mut self) -> Result<(), Stop> {
+        if let Some(behind) = self.batch.behind.take() {
+            self.answer(behind).await?;
+        }
+        self.batch.behind = Some(self.start_commit());
+        Ok(())
+    }
+
+    /// Takes the batch's answers and starts storing its staged files.
+    fn start_commit(&mut self) -> Committing {
         let verdicts = std::mem::take(&mut self.batch.verdicts);
         let staged = std::mem::take(&mut self.batch.staged);
         let names: Vec<String> = staged.iter().map(|s| s.name.clone()).collect();
         let digests: Vec<Digest> = staged.iter().map(|s| s.digest).collect();
-        let committed = if staged.is_empty() {
-            Ok(Vec::new())
-        } else {
-            self.shared
-                .blocking(move |s| Ok(s.storage.commit(staged)))
-                .await
-        };
-        let results = match committed {
-            Ok(results) => results,
-            Err(e) => names
-                .iter()
-                .map(|name| {
-                    Err(StorageError::Io {
-                        action: "store",
-                        path: name.clone(),
-                        cause: std::io::Error::other(e.to_string()),
+        let task = (!staged.is_empty()).then(|| {
+            let shared = self.shared.clone();
+            tokio::task::spawn_blocking(move || shared.storage.commit(staged))
+        });
+        Committing {
+            began: Instant::now(),
+            verdicts,
+            names,
+            digests,
+            task,
+        }
+    }
+
+    /// Waits for a commit and sends its answers in one write.
+    async fn answer(&mut self, batch: Committing) -> Result<(), Stop> {
+        let Committing {
+            began,
+            verdicts,
+            names,
+            digests,
+            task,
+        } = batch;
+        let results = match task {
+            None => Vec::new(),
+            Some(task) => match task.await {
+                Ok(results) => results,
+                Err(e) => names
+                    .iter()
+                    .map(|name| {
+                        Err(StorageError::Io {
+                            action: "store",
+                            path: name.clone(),
+                            cause: std::io::Error::other(e.to_string()),
+                        })
                     })
-                })
-                .collect(),
+                    .collect(),
+            },
         };
-        self.batch.slot = None;
         let mut results = results.into_iter().zip(names).zip(digests);
-        let mut out = BytesMut::with_capacity(verdicts.len() * 128);
+        let count = verdicts.len();
+        let mut out = BytesMut::with_capacity(count * 128);
         let mut failure = None;
         for verdict in verdicts {
             let msg = match verdict {
@@ -333,6 +390,7 @@ impl<S: Stream> Conn<S> {
             }
         }
         self.write(&out).await?;
+        debug!(peer = %self.peer, "committed {count} answers in {:?}", began.elapsed());
         match failure {
             Some(why) => Err(Stop::Failed(why)),
             None => Ok(()),
