@@ -4,9 +4,9 @@
 //! Builds the release binaries, runs the upload cases (against a raw TCP copy, the
 //! hashing tools, and rsync, scp and curl-to-dufs as peers) and the chat cases
 //! (against redis `PING` and an ngircd channel through the same load generator),
-//! and prints the table; a full run also writes it to
+//! and prints the table; a full run of every group also writes it to
 //! `docs/BENCHMARKS.md`, `--quick` to `target/bench/BENCHMARKS-quick.md` so CI
-//! leaves the work tree clean. Targets are judged and printed, never asserted; a
+//! leaves the work tree clean, and `--only` to `target/bench/BENCHMARKS-only.md`. Targets are judged and printed, never asserted; a
 //! harness failure (a server that does not start, a wrong digest) is an error.
 //!
 //! # Layout
@@ -46,7 +46,7 @@ pub struct BenchArgs {
     /// Repetitions of every case [default: 5, or 3 with --quick].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=50))]
     pub runs: Option<u32>,
-    /// Run only these groups.
+    /// Run only these groups (writes target/bench/BENCHMARKS-only.md, not docs/).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub only: Vec<Group>,
     /// Keep the generated test files in target/bench/data for the next run.
@@ -135,8 +135,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
     let doc = document(&args, runs, &bin, &sections, started.elapsed().as_secs());
     println!("{doc}");
+    // Only a full run of every group stands for the project in docs/.
     let out = if args.quick {
         bench_dir.join("BENCHMARKS-quick.md")
+    } else if !args.only.is_empty() {
+        bench_dir.join("BENCHMARKS-only.md")
     } else {
         project_root().join("docs").join("BENCHMARKS.md")
     };
